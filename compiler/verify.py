@@ -1,0 +1,64 @@
+"""Graph invariants, checked between passes in debug mode and by `Graph.verify()`.
+
+A graph is well formed when it has no cycle, every `input` node it reaches is one of its declared
+inputs (nothing dangles), every node's op is in the op table with a legal arity and legal
+attributes, and every node's recorded type is what its op infers from its operands.
+"""
+
+from __future__ import annotations
+
+from .ir import Graph, GraphError, Node
+from .ops import OPS
+
+
+def _where(node: Node) -> str:
+    return f"{node.op} node{' at ' + repr(node.loc) if node.loc else ''}"
+
+
+def verify(graph: Graph) -> None:
+    """Raise GraphError naming the first bad node."""
+    nodes = graph.nodes  # raises GraphError on a cycle
+    declared = set(map(id, graph.inputs))
+    if len(declared) != len(graph.inputs):
+        raise GraphError("an input is listed twice")
+    names = [n.attrs.get("name") for n in graph.inputs]
+    if len(set(names)) != len(names):
+        raise GraphError(f"input names repeat: {names}")
+    for node in nodes:
+        opdef = OPS.get(node.op)
+        if opdef is None:
+            raise GraphError(f"{_where(node)}: unknown op '{node.op}'")
+        if node.op == "input":
+            if id(node) not in declared:
+                raise GraphError(f"dangling value: input {node.attrs.get('name')!r} is used but "
+                                 "is not an input of the graph")
+            continue
+        lo, hi = opdef.arity
+        if not lo <= len(node.inputs) <= hi:
+            raise GraphError(f"{_where(node)}: {len(node.inputs)} inputs, expects {lo}..{hi}")
+        try:
+            attrs = opdef.check_attrs(node.attrs)
+        except TypeError as e:
+            raise GraphError(f"{_where(node)}: {e}") from None
+        if node.op == "const":
+            _verify_const(node)
+            continue
+        try:
+            inferred = opdef.infer([i.type for i in node.inputs], attrs)
+        except (TypeError, ValueError) as e:
+            raise GraphError(f"{_where(node)}: {e}") from None
+        if (inferred.shape, inferred.dtype) != (node.type.shape, node.type.dtype):
+            raise GraphError(f"{_where(node)}: type {node.type.shape} {node.type.dtype} but its "
+                             f"operands give {inferred.shape} {inferred.dtype}")
+    for out in graph.outputs:
+        if out.op == "input" and id(out) not in declared:
+            raise GraphError("dangling value: an output is an undeclared input")
+
+
+def _verify_const(node: Node) -> None:
+    data = node.attrs.get("data")
+    if data is None:
+        return
+    if tuple(data.shape) != node.type.shape or data.dtype != node.type.dtype.numpy:
+        raise GraphError(f"{_where(node)}: data {data.shape} {data.dtype} does not match type "
+                         f"{node.type.shape} {node.type.dtype}")
