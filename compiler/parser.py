@@ -22,7 +22,7 @@ _TYPE = r"tensor<[^<>]*(?:<[^<>]*>)?>"
 _HEADER = re.compile(rf"^graph @([\w.\-]+)\((.*)\) -> \((.*)\) \{{$")
 _ARG = re.compile(rf"%([\w.\-]+): ({_TYPE})")
 _OP = re.compile(
-    rf"^\s*%([\w.\-]+) = (\w+)\(([^()]*)\)(?: \{{(.*)\}})? : ({_TYPE})(?:\s+loc\((\".*\")\))?$"
+    rf"^\s*%([\w.\-]+) = (\w+)(?:\(([^()]*)\))?(?: \{{(.*)\}})? : ({_TYPE})(?:\s+loc\((\".*\")\))?$"
 )
 _RETURN = re.compile(r"^\s*return (.*)$")
 _TOKEN = re.compile(
@@ -154,7 +154,7 @@ def parse(text: str, weights: Mapping[str, np.ndarray] | None = None) -> Graph:
             if op == "const":
                 node = _const(attrs, type_, weights, loc)
             else:
-                operands = [_lookup(values, a) for a in args.split(",") if a.strip()]
+                operands = [_lookup(values, a) for a in (args or "").split(",") if a.strip()]
                 node = _checked(make(op, operands, attrs, loc), type_)
             values[name] = node
         except (ParseError, TypeError, KeyError, ValueError) as e:

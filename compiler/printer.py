@@ -49,6 +49,9 @@ def format_value(value: Any) -> str:
     raise TypeError(f"cannot print attribute value {value!r}")
 
 
+LEAVES = ("const", "input")
+
+
 def _names(graph: Graph) -> dict[Node, str]:
     names: dict[Node, str] = {}
     used: set[str] = set()
@@ -66,12 +69,18 @@ def _names(graph: Graph) -> dict[Node, str]:
     return names
 
 
+# Constants this small print their data even in summarised dumps: scalars and tiny vectors are
+# easier to read than a digest.
+INLINE_ELEMENTS = 8
+
+
 def format_node(node: Node, names: dict[Node, str], *, constants: bool = False,
                 locs: bool = True) -> str:
-    args = ", ".join(names[i] for i in node.inputs)
-    shown = {k: v for k, v in node.attrs.items() if k != "data" or (constants and v is not None)}
+    inline = constants or node.type.size <= INLINE_ELEMENTS
+    shown = {k: v for k, v in node.attrs.items() if k != "data" or (inline and v is not None)}
     attrs = ", ".join(f"{k} = {format_value(v)}" for k, v in shown.items())
-    text = f"{names[node]} = {node.op}({args})"
+    args = f"({', '.join(names[i] for i in node.inputs)})" if node.op not in LEAVES else ""
+    text = f"{names[node]} = {node.op}{args}"
     if attrs:
         text += f" {{{attrs}}}"
     text += f" : {format_type(node.type)}"

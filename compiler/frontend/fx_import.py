@@ -63,9 +63,8 @@ def _decompositions() -> dict:
     return table
 
 
-def _export(model: torch.nn.Module, inputs: tuple) -> torch.fx.GraphModule:
-    program = torch.export.export(model, inputs).run_decompositions(_decompositions())
-    return program
+def _export(model: torch.nn.Module, inputs: tuple) -> torch.export.ExportedProgram:
+    return torch.export.export(model, inputs).run_decompositions(_decompositions())
 
 
 def _trace_fx(model: torch.nn.Module, inputs: tuple) -> torch.fx.GraphModule:
@@ -76,14 +75,21 @@ def _trace_fx(model: torch.nn.Module, inputs: tuple) -> torch.fx.GraphModule:
     return make_fx(traced, decomposition_table=table, record_module_stack=True)(*inputs)
 
 
-def capture(model: torch.nn.Module, example_inputs: Sequence[Any], *, method: str = "auto",
+def capture(model: torch.nn.Module | torch.export.ExportedProgram,
+            example_inputs: Sequence[Any] | None = None, *, method: str = "auto",
             name: str | None = None) -> Graph:
     """Capture `model` called on `example_inputs` as a float IR graph.
 
     method: "export" (torch.export), "fx" (torch.fx.symbolic_trace + make_fx), or "auto" (export,
     then fx if export fails). The model runs in eval mode; its training flag is restored after.
+    An ExportedProgram (e.g. from torch.export.load of a .pt2) is imported as it is.
     Raises UnsupportedError naming the op and module path of anything the IR cannot express.
     """
+    if isinstance(model, torch.export.ExportedProgram):
+        program = model.run_decompositions(_decompositions())
+        return _Importer(name or "exported").run_program(program)
+    if example_inputs is None:
+        raise TypeError("capture needs example_inputs: a tuple of tensors to trace the model with")
     if method not in ("auto", "export", "fx"):
         raise ValueError(f"method must be 'auto', 'export' or 'fx', not {method!r}")
     inputs = tuple(example_inputs) if isinstance(example_inputs, list | tuple) else (example_inputs,)

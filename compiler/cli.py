@@ -1,0 +1,138 @@
+"""The `npuc` command line: compile a model, list targets and passes.
+
+    npuc compile path/to/file.py:factory [--target npu-int8] [--out DIR] [--check] [--show]
+    npuc compile model.pt2 ...
+    npuc targets [NAME]
+    npuc passes
+
+A factory is a function in a Python file returning `(model, example_inputs)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def load_model(spec: str) -> tuple[Any, tuple]:
+    """`file.py:factory` -> factory(); `file.pt2` -> (ExportedProgram, its example inputs)."""
+    import torch
+
+    if spec.endswith(".pt2"):
+        program = torch.export.load(spec)
+        args = program.example_inputs[0] if program.example_inputs else None
+        if args is None:
+            raise SystemExit(f"{spec}: the .pt2 holds no example inputs; export it with them")
+        return program, tuple(args)
+    path, _, factory = spec.rpartition(":")
+    if not path or not factory:
+        raise SystemExit(f"model {spec!r}: expected path/to/file.py:factory or file.pt2")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    if module_spec is None or not Path(path).exists():
+        raise SystemExit(f"model {spec!r}: no such file {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, str(Path(path).resolve().parent))
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, factory):
+        raise SystemExit(f"model {spec!r}: {path} has no function {factory}")
+    model, inputs = getattr(module, factory)()
+    return model, tuple(inputs) if isinstance(inputs, list | tuple) else (inputs,)
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """||got - want|| / ||want|| (0 when both are zero)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    denom = np.linalg.norm(want)
+    return float(np.linalg.norm(got - want) / denom) if denom else float(np.linalg.norm(got))
+
+
+def _reference(model: Any, inputs: tuple) -> list[np.ndarray]:
+    import torch
+
+    runnable = model.module() if isinstance(model, torch.export.ExportedProgram) else model
+    with torch.no_grad():
+        out = runnable(*inputs)
+    return [t.numpy() for t in torch.utils._pytree.tree_leaves(out)]
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    import npuc
+
+    model, inputs = load_model(args.model)
+    print(f"compiling {args.model} for {args.target} ...", flush=True)
+    cm = npuc.compile(model, inputs, target=args.target, passes=args.passes, debug=args.debug,
+                      name=Path(args.model.split(":")[0]).stem.replace("-", "_"))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for i, stage in enumerate(cm.stages):
+            (out / f"{i:02d}_{stage.replace('#', '_')}.ir").write_text(cm.dump(stage))
+        print(f"wrote {len(cm.stages)} stage dumps to {out}/")
+    if args.show:
+        print(cm.dump(args.show), end="")
+    print(cm.report())
+    if args.check:
+        outputs = cm.run(*inputs)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        errors = [relative_error(o, r) for o, r in zip(outputs, _reference(model, inputs),
+                                                         strict=True)]
+        worst = max(errors)
+        verdict = "OK" if worst <= args.tolerance else "MISMATCH"
+        print(f"check against PyTorch: max relative error {worst:.2e} "
+              f"(tolerance {args.tolerance:.0e}) {verdict}")
+        return 0 if worst <= args.tolerance else 1
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from npuc import targets
+
+    for name in [args.name] if args.name else targets.names():
+        print(targets.get(name))
+    return 0
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    from npuc import passes
+
+    for name in passes.names():
+        info = passes.get(name)
+        opts = ", ".join(f"{k}={d!r}" for k, (_, d) in info.options.items())
+        print(f"{name:<16} {info.description}{'  [' + opts + ']' if opts else ''}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="npuc", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compile", help="capture a model, run a pipeline, write the stage dumps")
+    c.add_argument("model", help="path/to/file.py:factory or model.pt2")
+    c.add_argument("--target", default="npu-int8")
+    c.add_argument("--passes", default=None, help='pipeline, e.g. "cse,dce" (default: target\'s)')
+    c.add_argument("--out", help="folder for the per-stage IR dumps")
+    c.add_argument("--show", nargs="?", const="lowered", metavar="STAGE",
+                   help="print a stage's IR (default: lowered)")
+    c.add_argument("--check", action="store_true",
+                   help="run the compiled graph and compare with PyTorch on the example inputs")
+    c.add_argument("--tolerance", type=float, default=1e-5)
+    c.add_argument("--debug", action="store_true", help="verify the graph after every pass")
+    c.set_defaults(fn=cmd_compile)
+    t = sub.add_parser("targets", help="list the built-in targets or show one")
+    t.add_argument("name", nargs="?")
+    t.set_defaults(fn=cmd_targets)
+    p = sub.add_parser("passes", help="list the registered passes")
+    p.set_defaults(fn=cmd_passes)
+    args = parser.parse_args(argv)
+    from npuc.errors import UnsupportedError
+    from npuc.targets import TargetError
+
+    try:
+        return args.fn(args)
+    except (UnsupportedError, TargetError) as e:
+        print(f"npuc: error: {e}", file=sys.stderr)
+        return 2

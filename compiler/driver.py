@@ -1,0 +1,119 @@
+"""`npuc.compile`: capture, run the target's pipeline, keep every stage.
+
+Stages are "captured", then one per pipeline step (named after the pass, "#2" appended when a
+pass runs again), and "lowered", the graph the target executes (`cm.ir`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .frontend import capture
+from .interpreter import interpret
+from .ir import Graph
+from .ops import macs
+from .pipeline import PassContext, PassRecord, Step, run_pipeline
+from .printer import print_graph
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Ops by kind, parameter count (elements of float constants), weight bytes and MACs."""
+
+    ops: dict[str, int]
+    params: int
+    weight_bytes: int
+    macs: int
+
+    def __str__(self) -> str:
+        kinds = ", ".join(f"{op} {n}" for op, n in sorted(self.ops.items(), key=lambda kv: -kv[1]))
+        return (f"ops: {sum(self.ops.values())} ({kinds})\n"
+                f"parameters: {self.params:,} ({self.weight_bytes:,} bytes)\n"
+                f"MACs: {self.macs:,}")
+
+
+def summarize(graph: Graph) -> Summary:
+    ops = Counter(n.op for n in graph.nodes if n.op not in ("input", "const"))
+    consts = [n for n in graph.nodes if n.is_const]
+    return Summary(dict(ops), sum(n.type.size for n in consts if n.type.size > 1),
+                   sum(n.type.nbytes for n in consts), sum(macs(n) for n in graph.nodes))
+
+
+@dataclass
+class CompiledModel:
+    """The result of `npuc.compile`: every stage's graph, the lowered one, and how to run it."""
+
+    stages: dict[str, Graph]
+    target: Any
+    records: list[PassRecord] = field(default_factory=list)
+
+    @property
+    def ir(self) -> Graph:
+        return self.stages["lowered"]
+
+    def run(self, *inputs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Execute the lowered graph; one array for a single-output model, else a tuple."""
+        outputs = tuple(np.asarray(o, dtype=np.float32) if o.dtype.kind == "f" else o
+                        for o in interpret(self.ir, *inputs))
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def dump(self, stage: str = "lowered", *, constants: bool = False, locs: bool = True) -> str:
+        """The text IR of a stage (see `npuc.printer`)."""
+        if stage not in self.stages:
+            raise KeyError(f"no stage {stage!r}; stages: {', '.join(self.stages)}")
+        return print_graph(self.stages[stage], constants=constants, locs=locs)
+
+    def summary(self, stage: str = "lowered") -> Summary:
+        return summarize(self.stages[stage])
+
+    def report(self) -> str:
+        """Per-pass timing and notes, then the lowered graph's summary."""
+        lines = [f"target {self.target.name}: {len(self.records)} passes"]
+        for r in self.records:
+            notes = "; ".join(n.split(": ", 1)[-1] for n in r.notes)
+            lines.append(f"  {r.name:<16} {r.seconds * 1e3:8.1f} ms  {r.nodes_before:5d} -> "
+                         f"{r.nodes_after:5d} nodes  {notes}")
+        return "\n".join(lines + [str(self.summary())])
+
+
+def compile(model: Any, example_inputs: Sequence[Any] | None = None, target: Any = "npu-int8",
+            calibration: Iterable[Sequence[Any]] | None = None,
+            passes: Iterable[Step] | str | None = None, *, debug: bool = False,
+            name: str | None = None) -> CompiledModel:
+    """Compile a torch.nn.Module (or an already captured Graph) for `target`.
+
+    example_inputs: a tuple of tensors for capture; may be omitted when `calibration` is given
+    (its first item serves). target: a built-in name or `npuc.targets.load(path)`.
+    passes: None for the target's default pipeline, or a list of steps / a pipeline string.
+    debug: verify the graph after every pass.
+    """
+    from npuc import targets
+
+    target = targets.get(target)
+    calibration = list(calibration) if calibration is not None else None
+    if example_inputs is None:
+        if not calibration:
+            raise TypeError("npuc.compile needs example inputs: pass example_inputs=(x,) or "
+                            "calibration=[(x1,), (x2,), ...]")
+        example_inputs = calibration[0]
+    if not isinstance(example_inputs, list | tuple):
+        example_inputs = (example_inputs,)
+    graph = model if isinstance(model, Graph) else capture(model, example_inputs, name=name)
+    stages: dict[str, Graph] = {"captured": graph}
+
+    def keep(stage: str, g: Graph) -> None:
+        key, n = stage, 2
+        while key in stages:
+            key, n = f"{stage}#{n}", n + 1
+        stages[key] = g
+
+    ctx = PassContext(target=target, calibration=calibration or [tuple(example_inputs)])
+    pipeline = target.pipeline if passes is None else passes
+    lowered, records = run_pipeline(graph, pipeline, ctx, verify=debug, on_stage=keep)
+    stages["lowered"] = lowered
+    return CompiledModel(stages, target, records)

@@ -1,0 +1,45 @@
+"""The one graph-rewriting driver every pass uses.
+
+`rewrite(graph, fn)` visits nodes in topological order; each node is first rebuilt on its
+rewritten inputs, then offered to `fn`, which returns a replacement (any node of the same type)
+or None to keep it. Because inputs are rewritten first, chains collapse in one sweep; `fixpoint`
+repeats sweeps until nothing changes. The input graph is never mutated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .ir import Graph, Node
+
+Rule = Callable[[Node], Node | None]
+
+
+def rewrite(graph: Graph, fn: Rule, *, fixpoint: bool = False, max_sweeps: int = 32) -> Graph:
+    """Apply `fn` to every node (see module docstring); returns a new Graph."""
+    for _ in range(max_sweeps):
+        new, changed = _sweep(graph, fn)
+        if not (fixpoint and changed):
+            return new
+        graph = new
+    return graph
+
+
+def _sweep(graph: Graph, fn: Rule) -> tuple[Graph, bool]:
+    mapping: dict[Node, Node] = {n: n for n in graph.inputs}
+    changed = False
+    for node in graph.nodes:
+        if node in mapping:
+            continue
+        inputs = tuple(mapping[i] for i in node.inputs)
+        current = node if inputs == node.inputs else node.with_inputs(inputs)
+        replacement = fn(current)
+        if replacement is not None and replacement is not current:
+            if (replacement.shape, replacement.dtype) != (node.shape, node.dtype):
+                raise TypeError(f"rewrite of {node!r} changed its type to "
+                                f"{replacement.shape} {replacement.dtype}")
+            changed = True
+            current = replacement
+        mapping[node] = current
+    outputs = tuple(mapping[o] for o in graph.outputs)
+    return Graph(graph.inputs, outputs, graph.name, graph.meta), changed

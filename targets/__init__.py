@@ -1,0 +1,98 @@
+"""npuc.targets: target descriptions as data (one TOML file per built-in target) and their loader.
+
+    npuc.targets.names()          # built-in target names
+    npuc.targets.get("npu-int8")  # a Target
+    npuc.targets.load(path)       # a user's file
+
+A target file names its default pass pipeline now; the engines, memories and energy tables the
+simulator needs join the schema with the simulator. Unknown keys and wrong types are load
+errors that name the key and the file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_HERE = Path(__file__).parent
+
+
+class TargetError(ValueError):
+    """A target that does not exist or a target file that does not load; names file and key."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    pipeline: tuple[str, ...]  # default pass pipeline, in order
+    path: Path | None = None
+
+    def __str__(self) -> str:
+        lines = [f"{self.name}: {self.description}", "  pipeline: " + ", ".join(self.pipeline)]
+        if self.path:
+            lines.append(f"  file: {self.path}")
+        return "\n".join(lines)
+
+
+_SCHEMA: dict[str, dict[str, type]] = {
+    "": {"name": str, "description": str},
+    "compile": {"pipeline": list},
+}
+
+
+def _check(data: dict[str, Any], path: Path) -> None:
+    for key, value in data.items():
+        section = key if isinstance(value, dict) else ""
+        fields = _SCHEMA.get(section)
+        if fields is None:
+            raise TargetError(f"{path}: unknown section or key '{key}'")
+        items = value.items() if isinstance(value, dict) else [(key, value)]
+        for field, item in items:
+            where = f"{section}.{field}" if section else field
+            if field not in fields:
+                raise TargetError(f"{path}: unknown key '{where}'; expected one of "
+                                  f"{', '.join(sorted(fields))}")
+            if not isinstance(item, fields[field]):
+                raise TargetError(f"{path}: '{where}' must be {fields[field].__name__}")
+    for required in ("name", "description"):
+        if required not in data:
+            raise TargetError(f"{path}: missing key '{required}'")
+
+
+def load(path: str | Path) -> Target:
+    """Read and validate a target file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise TargetError(f"{path}: {e}") from None
+    _check(data, path)
+    pipeline = data.get("compile", {}).get("pipeline", [])
+    if not all(isinstance(p, str) for p in pipeline):
+        raise TargetError(f"{path}: 'compile.pipeline' must be a list of pass names")
+    from npuc.passes import get
+
+    for name in pipeline:
+        try:
+            get(name)
+        except KeyError as e:
+            raise TargetError(f"{path}: compile.pipeline: {e.args[0]}") from None
+    return Target(data["name"], data["description"], tuple(pipeline), path)
+
+
+def names() -> list[str]:
+    """The built-in targets."""
+    return sorted(p.stem for p in _HERE.glob("*.toml"))
+
+
+def get(target: str | Target) -> Target:
+    """A built-in target by name (a Target passes through); unknown names list the known ones."""
+    if isinstance(target, Target):
+        return target
+    if target not in names():
+        raise TargetError(f"unknown target {target!r}; built-in targets: {', '.join(names())} "
+                          "(or pass npuc.targets.load('my-target.toml'))")
+    return load(_HERE / f"{target}.toml")
