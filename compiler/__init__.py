@@ -6,14 +6,12 @@
     cm = npuc.compile(model, (x,), target="npu-int8")    # stages, ir, run, dump
 """
 
-from . import ir
+from . import ir, passes, targets  # noqa: E402, I001  (registers passes; needs the core above)
 from .driver import CompiledModel, compile, summarize
 from .errors import UnsupportedError
 from .frontend import capture
 from .interpreter import interpret
 from .ir import DType, Graph, Node, QuantParams, TensorType
-
-from . import passes, targets  # noqa: E402, I001  (registers passes; needs the core above)
 
 __all__ = ["capture", "compile", "interpret", "summarize", "ir", "passes", "targets", "Graph",
            "Node", "DType", "TensorType", "QuantParams", "CompiledModel", "UnsupportedError"]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 
-class DType(str, enum.Enum):
+class DType(enum.StrEnum):
     """Element types. Sub-byte integers (i4, u4) are stored one per int8 element in numpy."""
 
     F32 = "f32"
@@ -31,9 +31,6 @@ class DType(str, enum.Enum):
     I4 = "i4"
     U4 = "u4"
     BOOL = "bool"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def is_float(self) -> bool:
@@ -69,7 +66,7 @@ _BITS = {
 
 @dataclass(frozen=True)
 class QuantParams:
-    """real = scale * (q - zero_point); per-tensor when `axis` is None, else one entry per channel."""
+    """real = scale * (q - zero_point); per-tensor when `axis` is None, else one per channel."""
 
     scale: tuple[float, ...]
     zero_point: tuple[int, ...]
@@ -181,7 +178,8 @@ class Node:
         return replace(self, inputs=inputs)
 
     def __repr__(self) -> str:
-        return f"<{self.op} {self.type.shape} {self.type.dtype}{' @' + self.loc if self.loc else ''}>"
+        where = f" @{self.loc}" if self.loc else ""
+        return f"<{self.op} {self.type.shape} {self.type.dtype}{where}>"
 
 
 def digest(array: np.ndarray) -> str:

@@ -19,7 +19,7 @@ from .ir import Attrs, DType, Graph, Node, QuantParams, TensorType, digest, grap
 from .ops import OPS, make
 
 _TYPE = r"tensor<[^<>]*(?:<[^<>]*>)?>"
-_HEADER = re.compile(rf"^graph @([\w.\-]+)\((.*)\) -> \((.*)\) \{{$")
+_HEADER = re.compile(r"^graph @([\w.\-]+)\((.*)\) -> \((.*)\) \{$")
 _ARG = re.compile(rf"%([\w.\-]+): ({_TYPE})")
 _OP = re.compile(
     rf"^\s*%([\w.\-]+) = (\w+)(?:\(([^()]*)\))?(?: \{{(.*)\}})? : ({_TYPE})(?:\s+loc\((\".*\")\))?$"

@@ -1,8 +1,8 @@
 """The one canonical text form of a graph: MLIR-like, deterministic, one op per line.
 
     graph @tiny(%x: tensor<1x3x8x8xf32>) -> (tensor<1x4x8x8xf32>) {
-      %0 = const {digest = "3f2a9c1e07b2", encoding = "dense"} : tensor<4x3x3x3xf32>  loc("conv.weight")
-      %1 = conv(%x, %0) {dilation = [1, 1], groups = 1, padding = [1, 1, 1, 1], stride = [1, 1]} : tensor<1x4x8x8xf32>  loc("conv")
+      %0 = const {digest = "3f2a9c1e07b2", encoding = "dense"} : tensor<4x3x3x3xf32>  loc("w")
+      %1 = relu(%x) : tensor<1x3x8x8xf32>  loc("act")
       return %1
     }
 
@@ -45,7 +45,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, tuple | list):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, np.ndarray):
-        return format_value([v.item() for v in value.reshape(-1)])
+        return format_value(value.reshape(-1).tolist())
     raise TypeError(f"cannot print attribute value {value!r}")
 
 

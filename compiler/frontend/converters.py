@@ -75,18 +75,10 @@ def _compute_dtype(ctx: Context, *operands: Any) -> DType:
     """The dtype torch computes a binary op in (type promotion over tensors and scalars)."""
     from .fx_import import npuc_dtype
 
-    probes = []
-    for v in operands:
-        if isinstance(v, Node):
-            probes.append(torch.empty((), dtype=v.dtype.numpy.type and _torch_dtype(v.dtype)))
-        else:
-            probes.append(v)
-    return npuc_dtype(torch.result_type(*probes) if len(probes) == 2 else probes[0].dtype, ctx.loc)
-
-
-def _torch_dtype(dtype: DType) -> torch.dtype:
-    return getattr(torch, {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32",
-                           "i16": "int16", "i8": "int8", "u8": "uint8", "bool": "bool"}[dtype.value])
+    # 0-d tensors stand for tensor operands: result_type then promotes as torch does
+    probes = [torch.from_numpy(np.zeros((), v.dtype.numpy)) if isinstance(v, Node) else v
+              for v in operands]
+    return npuc_dtype(torch.result_type(*probes), ctx.loc)
 
 
 # --- elementwise -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -67,12 +68,10 @@ def _export(model: torch.nn.Module, inputs: tuple) -> torch.export.ExportedProgr
     return torch.export.export(model, inputs).run_decompositions(_decompositions())
 
 
-def _trace_fx(model: torch.nn.Module, inputs: tuple) -> torch.fx.GraphModule:
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    traced = torch.fx.symbolic_trace(model)
-    table = dict(_decompositions().items())
-    return make_fx(traced, decomposition_table=table, record_module_stack=True)(*inputs)
+def _trace_fx(model: torch.nn.Module, inputs: tuple) -> torch.export.ExportedProgram:
+    # symbolic_trace flattens forward() into straight-line code over the same submodules (so
+    # module paths survive); exporting that module then gives the usual ATen graph.
+    return _export(torch.fx.symbolic_trace(model), inputs)
 
 
 def capture(model: torch.nn.Module | torch.export.ExportedProgram,
@@ -80,7 +79,8 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram,
             name: str | None = None) -> Graph:
     """Capture `model` called on `example_inputs` as a float IR graph.
 
-    method: "export" (torch.export), "fx" (torch.fx.symbolic_trace + make_fx), or "auto" (export,
+    method: "export" (torch.export), "fx" (torch.fx.symbolic_trace, then export of the traced
+    module), or "auto" (export,
     then fx if export fails). The model runs in eval mode; its training flag is restored after.
     An ExportedProgram (e.g. from torch.export.load of a .pt2) is imported as it is.
     Raises UnsupportedError naming the op and module path of anything the IR cannot express.
@@ -92,14 +92,17 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram,
         raise TypeError("capture needs example_inputs: a tuple of tensors to trace the model with")
     if method not in ("auto", "export", "fx"):
         raise ValueError(f"method must be 'auto', 'export' or 'fx', not {method!r}")
-    inputs = tuple(example_inputs) if isinstance(example_inputs, list | tuple) else (example_inputs,)
+    inputs = (tuple(example_inputs) if isinstance(example_inputs, list | tuple)
+              else (example_inputs,))
     if not all(isinstance(x, torch.Tensor) for x in inputs):
         raise TypeError("example_inputs must be torch tensors (a tuple of them for several inputs)")
     name = name or type(model).__name__
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch's own deprecation notices about its internals are noise to our users
+            warnings.simplefilter("ignore", FutureWarning)
             return _capture(model, inputs, method, name)
     finally:
         model.train(was_training)
@@ -117,7 +120,7 @@ def _capture(model: torch.nn.Module, inputs: tuple, method: str, name: str) -> G
         else:
             return _Importer(name).run_program(program)
     try:
-        gm = _trace_fx(model, inputs)
+        program = _trace_fx(model, inputs)
     except Exception as e:
         if errors:
             raise UnsupportedError(
@@ -127,7 +130,7 @@ def _capture(model: torch.nn.Module, inputs: tuple, method: str, name: str) -> G
                 hint="make forward() traceable: no data-dependent Python control flow on tensor "
                      "values; move pre/post-processing out of the model") from e
         raise _untraceable("torch.fx", e) from e
-    return _Importer(name).run_graph_module(gm, inputs)
+    return _Importer(name).run_program(program)
 
 
 def _untraceable(tracer: str, e: Exception) -> UnsupportedError:
@@ -166,14 +169,6 @@ class _Importer:
                 else:
                     self._input(node)
         return self._walk(program.graph)
-
-    def run_graph_module(self, gm: torch.fx.GraphModule, inputs: tuple) -> Graph:
-        for node in gm.graph.nodes:
-            if node.op == "placeholder":
-                self._input(node)
-            elif node.op == "get_attr":
-                self._constant(node, getattr(gm, node.target), str(node.target))
-        return self._walk(gm.graph)
 
     def _input(self, node: torch.fx.Node) -> None:
         val = node.meta.get("val")
@@ -223,7 +218,7 @@ class _Importer:
         if converter is None:
             raise UnsupportedError(
                 f"no npuc lowering for {key}", op=key, loc=loc,
-                hint="rewrite that part of the model with supported ops (see README, 'Op coverage'),"
+                hint="rewrite that part of the model with supported ops (README, 'Op coverage'),"
                      " move it out of forward(), or add a converter with "
                      "npuc.frontend.register_converter")
         args = torch.fx.node.map_arg(node.args, self._arg)

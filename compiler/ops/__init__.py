@@ -75,7 +75,8 @@ class OpDef:
             if spec.kind == "floats":
                 value = tuple(float(v) for v in value)
             if not ATTR_KINDS[spec.kind](value):
-                raise TypeError(f"{self.name}: attribute '{key}' should be {spec.kind}, got {value!r}")
+                raise TypeError(f"{self.name}: attribute '{key}' should be {spec.kind}, "
+                                f"got {value!r}")
             if spec.choices is not None and value not in spec.choices:
                 raise TypeError(f"{self.name}: attribute '{key}' must be one of {spec.choices}")
             full[key] = value

@@ -92,8 +92,9 @@ def _conv_macs(node: Node) -> int:
 
 @defop("conv", (2, 3), conv_type, category="nn", attrs=_conv_attrs(), macs=_conv_macs)
 def conv(attrs: Attrs, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """N-d cross-correlation, out[n, o, p] = b[o] + sum_{c,k} x_pad[n, g*Cg + c, p*s + k*d] w[o, c, k],
-    with g = o // (O / groups). Depthwise is groups == C."""
+    """N-d cross-correlation:
+    out[n, o, p] = b[o] + sum_{c,k} x_pad[n, g*Cg + c, p*s + k*d] * w[o, c, k],
+    with g = o // (O / groups) and Cg = C / groups. Depthwise is groups == C."""
     groups, kernel = attrs["groups"], w.shape[2:]
     x = _pad(x, attrs["padding"])
     win = _windows(x, kernel, attrs["stride"], attrs["dilation"])  # N, C, *out, *k
@@ -120,7 +121,8 @@ def conv_transpose_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     _bias_check("conv_transpose", types, w.shape[1] * groups)
     if len(attrs["output_padding"]) != nsp:
         raise OpTypeError(f"conv_transpose: output_padding needs {nsp} entries")
-    pad, st, dil, op_ = attrs["padding"], attrs["stride"], attrs["dilation"], attrs["output_padding"]
+    pad, st, dil = attrs["padding"], attrs["stride"], attrs["dilation"]
+    op_ = attrs["output_padding"]
     out = tuple((x.shape[2 + i] - 1) * st[i] - pad[2 * i] - pad[2 * i + 1]
                 + dil[i] * (w.shape[2 + i] - 1) + op_[i] + 1 for i in range(nsp))
     return TensorType((x.shape[0], w.shape[1] * groups) + out, float_type(types, attrs).dtype)

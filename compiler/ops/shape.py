@@ -104,7 +104,8 @@ def concat_type(types: list[TensorType], attrs: Attrs) -> TensorType:
         if t.dtype != first.dtype or t.rank != first.rank or any(
             a != b for i, (a, b) in enumerate(zip(t.shape, first.shape, strict=True)) if i != axis
         ):
-            raise OpTypeError(f"concat: {t.shape} {t.dtype} does not fit {first.shape} {first.dtype}")
+            raise OpTypeError(f"concat: {t.shape} {t.dtype} does not fit "
+                              f"{first.shape} {first.dtype}")
     size = sum(t.shape[axis] for t in types)
     return TensorType(first.shape[:axis] + (size,) + first.shape[axis + 1:], first.dtype)
 
@@ -159,7 +160,8 @@ def pixel_shuffle_type(types: list[TensorType], attrs: Attrs) -> TensorType:
 
 @defop("pixel_shuffle", 1, pixel_shuffle_type, category="shape", attrs={"factor": AttrSpec("int")})
 def pixel_shuffle(attrs: Attrs, x: np.ndarray) -> np.ndarray:
-    """(N, C*r*r, H, W) -> (N, C, H*r, W*r): out[n, c, h*r+i, w*r+j] = x[n, c*r*r + i*r + j, h, w]."""
+    """(N, C*r*r, H, W) -> (N, C, H*r, W*r):
+    out[n, c, h*r + i, w*r + j] = x[n, c*r*r + i*r + j, h, w]."""
     n, c, h, w = x.shape
     r = attrs["factor"]
     y = x.reshape(n, c // (r * r), r, r, h, w).transpose(0, 1, 4, 2, 5, 3)

@@ -1,0 +1,51 @@
+"""Shared test configuration: hypothesis profiles and the --update-golden flag.
+
+Profiles: "dev" (the default, 50 examples) and "ci" (derandomized, 100 examples), chosen with
+HYPOTHESIS_PROFILE. Golden IR dumps under tests/golden/ change only with `pytest --update-golden`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `import tests.models` anywhere
+
+settings.register_profile("dev", max_examples=50, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite tests/golden/* from the current output instead of comparing")
+
+
+@pytest.fixture
+def golden(request: pytest.FixtureRequest):  # noqa: ANN201
+    """golden(name, text): compare text with tests/golden/name (or rewrite it when updating)."""
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / name
+        if request.config.getoption("--update-golden"):
+            path.write_text(text)
+            return
+        assert path.exists(), f"no golden file {path}; run pytest --update-golden once"
+        assert text == path.read_text(), f"{name} differs from its golden file (see the diff)"
+
+    return check
+
+
+def rel_error(got: np.ndarray, want: np.ndarray) -> float:
+    """||got - want|| / max(||want||, 1e-12), in float64."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12))
