@@ -71,7 +71,7 @@ def _names(graph: Graph) -> dict[Node, str]:
 
 # Constants this small print their data even in summarised dumps: scalars and tiny vectors are
 # easier to read than a digest.
-INLINE_ELEMENTS = 8
+INLINE_ELEMENTS = 4
 
 
 def format_node(node: Node, names: dict[Node, str], *, constants: bool = False,

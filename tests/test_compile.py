@@ -1,0 +1,125 @@
+"""npuc.compile, the command line, and the golden dumps of two small models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import npuc
+from npuc.printer import print_graph
+from tests.conftest import rel_error
+from tests.models import ZOO
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compile_keeps_every_stage() -> None:
+    model, inputs = ZOO["attention_block"]()
+    cm = npuc.compile(model, inputs, target="npu-int8", debug=True)
+    assert list(cm.stages) == ["captured", "fold_constants", "remove_noops", "cse", "dce",
+                               "lowered"]
+    assert cm.ir is cm.stages["lowered"]
+    with torch.no_grad():
+        want = model(*inputs).numpy()
+    got = cm.run(*inputs)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    assert rel_error(got, want) <= 1e-5
+    assert cm.dump("captured") == str(cm.stages["captured"])
+    assert len(cm.ir.nodes) < len(cm.stages["captured"].nodes)  # cse + remove_noops did work
+    summary = cm.summary()
+    assert summary.ops["linear"] == sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert summary.macs > 0
+    assert "remove_noops" in cm.report()
+    with pytest.raises(KeyError, match="stages: captured"):
+        cm.dump("quantized")
+
+
+def test_compile_from_calibration_and_custom_passes() -> None:
+    model, (x,) = ZOO["mlp"]()
+    cm = npuc.compile(model, calibration=[(x,), (x * 2,)], passes="cse,cse")
+    assert list(cm.stages) == ["captured", "cse", "cse#2", "lowered"]
+    target = npuc.targets.get("cpu-fp32")
+    assert npuc.compile(model, (x,), target=target).target is target
+
+
+def test_target_files_are_validated(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\ndescription = "y"\n[compile]\npipelin = ["cse"]\n')
+    with pytest.raises(npuc.targets.TargetError, match="bad.toml: unknown key 'compile.pipelin'"):
+        npuc.targets.load(bad)
+    bad.write_text('name = "x"\ndescription = "y"\n[compile]\npipeline = ["csx"]\n')
+    with pytest.raises(npuc.targets.TargetError, match="unknown pass 'csx'"):
+        npuc.targets.load(bad)
+    assert {"npu-int8", "cpu-fp32"} <= set(npuc.targets.names())
+
+
+def npuc_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "npuc", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+FACTORY = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    def build():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                              nn.Flatten(), nn.Linear(8 * 6 * 6, 5))
+        return model.eval(), (torch.randn(2, 3, 6, 6),)
+
+    def broken():
+        class FFT(nn.Module):
+            def forward(self, x):
+                return torch.fft.rfft(x).abs()
+        return FFT(), (torch.randn(4, 8),)
+""")
+
+
+def test_cli_compile_writes_stages_and_checks(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text(FACTORY)
+    result = npuc_cli("compile", "net.py:build", "--out", "dumps", "--check", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "MACs: " in result.stdout and "conv 1" in result.stdout
+    assert "OK" in result.stdout.splitlines()[-1]
+    dumps = sorted(p.name for p in (tmp_path / "dumps").iterdir())
+    assert dumps[0] == "00_captured.ir" and dumps[-1] == "05_lowered.ir"
+    text = (tmp_path / "dumps" / "00_captured.ir").read_text()
+    assert str(npuc.ir.parse(text)) == text
+
+
+def test_cli_reports_unsupported_ops(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text(FACTORY)
+    result = npuc_cli("compile", "net.py:broken", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "aten.fft_r2c" in result.stderr or "fft" in result.stderr
+    assert "what to do" in result.stderr
+
+
+def test_cli_compiles_a_pt2_file(tmp_path: Path) -> None:
+    model, inputs = ZOO["sr_net"]()
+    torch.export.save(torch.export.export(model, inputs), tmp_path / "sr.pt2")
+    result = npuc_cli("compile", "sr.pt2", "--check", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "pixel_shuffle 1" in result.stdout
+
+
+def test_cli_lists_targets_and_passes(tmp_path: Path) -> None:
+    targets = npuc_cli("targets", cwd=tmp_path)
+    assert targets.returncode == 0 and "npu-int8" in targets.stdout
+    listed = npuc_cli("passes", cwd=tmp_path)
+    assert "fold_constants" in listed.stdout and "max_bytes" in listed.stdout
+
+
+@pytest.mark.parametrize("name", ["cnn_bn", "attention_block"])
+def test_golden_dump(name: str, golden) -> None:
+    model, inputs = ZOO[name]()
+    cm = npuc.compile(model, inputs)
+    golden(f"{name}.captured.ir", print_graph(cm.stages["captured"]))
+    golden(f"{name}.lowered.ir", print_graph(cm.ir))
