@@ -781,12 +781,13 @@ def gather_layer(draw: st.DrawFn, x: Value, pool: Pool = (), loc: str | None = N
 
 @dataclass(frozen=True)
 class Family:
-    """A layer builder and the values it accepts."""
+    """A layer builder, the values it accepts, and how often `graphs()` picks it."""
 
     name: str
     build: Callable[..., st.SearchStrategy[Value | None]]
     applies: Callable[[Value], bool]
     ops: tuple[str, ...]  # the IR ops it can emit (besides const and guard ops)
+    weight: int = 1
 
 
 def _spatial(v: Value) -> bool:
@@ -794,16 +795,16 @@ def _spatial(v: Value) -> bool:
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in [
-    Family("conv", conv_layer, _spatial, ("conv",)),
+    Family("conv", conv_layer, _spatial, ("conv",), weight=2),
     Family("conv_transpose", conv_transpose_layer, _spatial, ("conv_transpose",)),
     Family("linear", linear_layer, lambda v: v.rank >= 1, ("linear",)),
     Family("matmul", matmul_layer, lambda v: v.rank >= 1, ("matmul", "permute")),
     Family("batch_norm", batch_norm_layer, lambda v: v.rank >= 2, ("batch_norm",)),
     Family("layer_norm", layer_norm_layer, lambda v: v.rank >= 1, ("layer_norm",)),
     Family("group_norm", group_norm_layer, lambda v: v.rank >= 2, ("group_norm",)),
-    Family("unary", unary_layer, lambda v: True, UNARY_OPS),
+    Family("unary", unary_layer, lambda v: True, UNARY_OPS, weight=4),
     Family("prelu", prelu_layer, lambda v: True, ("prelu",)),
-    Family("binary", binary_layer, lambda v: True, BINARY_OPS),
+    Family("binary", binary_layer, lambda v: True, BINARY_OPS, weight=3),
     Family("where", where_layer, lambda v: True, ("where", *COMPARE_OPS)),
     Family("softmax", softmax_layer, lambda v: v.rank >= 1, ("softmax", "log_softmax")),
     Family("glu", glu_layer, lambda v: any(s % 2 == 0 for s in v.shape), ("glu",)),
@@ -890,10 +891,11 @@ def graphs(draw: st.DrawFn, *, families: Sequence[str] | None = None, layout: st
     loc_of = _locs(draw)
     seen: set[int] = set()
     nodes = 0
-    for i in range(draw(st.integers(1, max_layers))):
+    # Bias towards full-size graphs: most bugs need a few layers to show.
+    for i in range(draw(st.one_of(st.just(max_layers), st.integers(1, max_layers)))):
         # Mostly extend the newest value (deep chains), sometimes an older one (branches).
         x = pool[draw(st.one_of(st.just(len(pool) - 1), st.integers(0, len(pool) - 1)))]
-        usable = [f for f in chosen if f.applies(x)]
+        usable = [f for f in chosen if f.applies(x) for _ in range(f.weight)]
         if not usable:
             continue
         family = draw(st.sampled_from(usable))
@@ -998,7 +1000,10 @@ def _torch_activation(draw: st.DrawFn, channels: int) -> Any:
         lambda: nn.Tanh(), lambda: nn.Hardsigmoid(), lambda: nn.Hardswish(),
         lambda: nn.GELU(), lambda: nn.GELU(approximate="tanh"),
         lambda: nn.LeakyReLU(0.1), lambda: nn.Hardtanh(-0.5, 1.5),
-        lambda: nn.PReLU(), lambda: nn.PReLU(channels), lambda: nn.ELU(),
+        lambda: nn.PReLU(), lambda: nn.PReLU(channels), lambda: nn.Softsign(),
+        lambda: nn.Tanhshrink(), lambda: nn.Hardshrink(0.3),
+        # ELU/SELU/CELU/Softplus/Mish/LogSigmoid are left out: capture has no lowering for
+        # aten.elu, aten.expm1 or aten.log1p (yet).
     ]))()
 
 
