@@ -1,7 +1,8 @@
 """Shared test configuration: hypothesis profiles and the --update-golden flag.
 
-Profiles: "dev" (the default, 50 examples) and "ci" (derandomized, 100 examples), chosen with
-HYPOTHESIS_PROFILE. Golden IR dumps under tests/golden/ change only with `pytest --update-golden`.
+Profiles: "dev" (50 examples) and "ci" (derandomized, 100 examples); "ci" is the default when the
+CI variable is set, and HYPOTHESIS_PROFILE overrides both. Golden IR dumps under tests/golden/
+change only with `pytest --update-golden`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ settings.register_profile("dev", max_examples=50, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+_DEFAULT_PROFILE = "ci" if os.environ.get("CI") else "dev"
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _DEFAULT_PROFILE))
 
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -77,13 +77,14 @@ def cnn_bn() -> Example:
 
 
 class BasicBlock(nn.Module):
-    """ResNet-18/34 basic block with a strided 1x1 projection shortcut."""
+    """ResNet-18/34 basic block; a strided 1x1 projection shortcut where the shape changes."""
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.conv1 = _conv_bn(cin, cout, 3, stride)
         self.conv2 = _conv_bn(cout, cout, 3)
-        self.down = _conv_bn(cin, cout, 1, stride)
+        reshape = stride != 1 or cin != cout
+        self.down = _conv_bn(cin, cout, 1, stride) if reshape else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv2(F.relu(self.conv1(x)))
@@ -111,6 +112,31 @@ def resnet_basic() -> Example:
     torch.manual_seed(2)
     model = _randomize_norms(BasicBlock(16, 32, stride=2))
     return model.eval(), (torch.randn(1, 16, 16, 16),)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 (He et al. 2016) with torchvision's layer layout, randomly initialised."""
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
+                                  nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        blocks, cin = [], 64
+        for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*blocks)
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1))
+
+
+def resnet18(resolution: int = 224) -> Example:
+    """Full ResNet-18 at ImageNet resolution (1.8 GMACs): the interpreter's speed benchmark."""
+    torch.manual_seed(4)
+    model = _randomize_norms(ResNet18())
+    return model.eval(), (torch.randn(1, 3, resolution, resolution),)
 
 
 def resnet_bottleneck() -> Example:
@@ -521,6 +547,7 @@ ZOO: dict[str, Factory] = {
     "cnn_bn": cnn_bn,
     "resnet_basic": resnet_basic,
     "resnet_bottleneck": resnet_bottleneck,
+    "resnet18": resnet18,
     "mobilenetv2_block": mobilenetv2_block,
     "repvgg_block": repvgg_block,
     "transformer_encoder": transformer_encoder,

@@ -108,10 +108,12 @@ def weights(draw: st.DrawFn, shape: Sequence[int], bound: float = 2.0, *,
 
 @dataclass(frozen=True)
 class Value:
-    """A node and an upper bound on the magnitude of its elements."""
+    """A node, an upper bound on the magnitude of its elements and, when known, a lower bound
+    (guards such as |x| + 0.5 make values positive, which log, sqrt and div rely on)."""
 
     node: Node
     bound: float
+    low: float | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -259,13 +261,15 @@ def _samples(v: Value) -> np.ndarray:
     """Values a probe tries for operand `v`: its data when constant, else a grid over its bound."""
     if v.node.is_const:
         return np.unique(v.node.data)
+    if v.low is not None:
+        return np.linspace(v.low, v.bound, 41).astype(np.float32)
     return _grid(v.bound)
 
 
 def _abs_plus(v: Value, loc: str | None) -> Value:
     """|v| + 0.5: moves an operand into the domain of log, sqrt, reciprocal, pow's base..."""
     node = make("add", [make("abs", [v.node], loc=loc), _scalar(0.5)], loc=loc)
-    return Value(node, v.bound + 0.5)
+    return Value(node, v.bound + 0.5, low=0.5)
 
 
 def _clamped(v: Value, loc: str | None, limit: float = 3.0) -> Value:

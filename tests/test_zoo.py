@@ -11,7 +11,7 @@ from npuc.printer import print_graph
 from tests.conftest import rel_error
 from tests.models import ZOO
 
-SLOW = {"minilm"}
+SLOW = {"minilm", "resnet18"}
 PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in ZOO]
 
 
