@@ -2,7 +2,7 @@
 
 Removed: reshape/expand to the same shape, identity permute, full-range slice, cast to the same
 dtype, zero pad, single-operand concat, x + 0 / x - 0 / x * 1 / x / 1 with a constant that does
-not broadcast x to a larger shape, clamp(-inf, inf).
+not broadcast x to a larger shape, clamp(-inf, inf), max(x, x), min(x, x), and(x, x), or(x, x).
 Merged: reshape(reshape(x)) -> reshape(x); permute(permute(x)) -> one permute.
 Ensures: the same outputs, bit for bit (up to the sign of zero for x + 0).
 """
@@ -16,6 +16,7 @@ from npuc.pipeline import PassContext, register_pass
 from npuc.rewrite import rewrite
 
 _IDENTITY_CONST = {"add": 0, "sub": 0, "mul": 1, "div": 1}
+_IDEMPOTENT = {"maximum", "minimum", "logical_and", "logical_or"}
 
 
 def _all_equal(node: Node, value: float) -> bool:
@@ -37,6 +38,8 @@ def _is_noop(node: Node) -> bool:
         return same and (op != "concat" or len(node.inputs) == 1)
     if op in _IDENTITY_CONST:
         return x.shape == node.shape and _all_equal(node.inputs[1], _IDENTITY_CONST[op])
+    if op in _IDEMPOTENT:
+        return node.inputs[0] is node.inputs[1]
     if op == "clamp":
         return a["min"] == -np.inf and a["max"] == np.inf
     return False

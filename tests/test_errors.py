@@ -81,3 +81,14 @@ def test_interpreter_checks_input_shapes() -> None:
         npuc.interpret(graph, torch.randn(1, 4))
     with pytest.raises(TypeError, match="takes 1 inputs"):
         npuc.interpret(graph)
+
+
+class Noisy(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.randn(x.shape)
+
+
+def test_random_ops_are_not_frozen_into_constants() -> None:
+    with pytest.raises(UnsupportedError, match="random numbers") as info:
+        npuc.capture(Noisy(), (torch.randn(2, 3),))
+    assert "noise as an input" in str(info.value)

@@ -192,7 +192,7 @@ def _pairs(padding: list[int]) -> tuple[int, ...]:
 def _convolution(ctx: Context, x: Node, w: Node, b: Node | None, stride: list[int],
                  padding: list[int], dilation: list[int], transposed: bool,
                  output_padding: list[int], groups: int) -> Node:
-    nsp = w.ndim if hasattr(w, "ndim") else len(w.shape) - 2
+    nsp = len(w.shape) - 2
     expand = (lambda v: list(v) * nsp if len(v) == 1 else list(v))  # noqa: E731
     inputs = [x, w] if b is None else [x, w, b]
     attrs = dict(stride=expand(stride), padding=_pairs(expand(padding)),

@@ -211,6 +211,11 @@ class _Importer:
         if key in _IGNORED:
             return
         loc = module_path(node)
+        if isinstance(target, torch._ops.OpOverload) and \
+                torch.Tag.nondeterministic_seeded in target.tags:
+            raise UnsupportedError(
+                f"{key} draws random numbers; capturing it would freeze one sample", op=key,
+                loc=loc, hint="move the randomness out of forward() (pass noise as an input)")
         if self._foldable(node, key):
             self._fold(node, loc)
             return

@@ -163,6 +163,6 @@ def where(attrs: Attrs, cond: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.nd
 @defop("prelu", 2, prelu_type, category="elementwise")
 def prelu(attrs: Attrs, x: np.ndarray, slope: np.ndarray) -> np.ndarray:
     """x if x >= 0 else slope * x; slope has one entry or one per channel (axis 1)."""
-    if slope.size > 1:
-        slope = slope.reshape((1, -1) + (1,) * (x.ndim - 2))
+    # one slope broadcasts as a scalar (whatever x's rank); else one per channel on axis 1
+    slope = slope.reshape((1, -1) + (1,) * (x.ndim - 2)) if slope.size > 1 else slope.reshape(())
     return np.where(x >= 0, x, slope * x).astype(x.dtype)

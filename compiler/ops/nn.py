@@ -299,17 +299,21 @@ def glu(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     return (a * _sigmoid(b)).astype(x.dtype, copy=False)
 
 
-def pool_type(types: list[TensorType], attrs: Attrs) -> TensorType:
-    x = types[0]
+def _pool_out(shape: tuple[int, ...], attrs: Attrs) -> tuple[int, ...]:
+    """The spatial output size of a pool over an input of `shape`."""
     k, st, pad, dil = attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"]
     nsp = len(k)
-    if x.rank != nsp + 2 or (len(st), len(dil), len(pad)) != (nsp, nsp, 2 * nsp):
-        raise OpTypeError(f"pool: {nsp}-d kernel on a rank-{x.rank} input")
-    out = tuple(_spatial_out(x.shape[2 + i], k[i], st[i], pad[2 * i], pad[2 * i + 1], dil[i],
+    if len(shape) != nsp + 2 or (len(st), len(dil), len(pad)) != (nsp, nsp, 2 * nsp):
+        raise OpTypeError(f"pool: {nsp}-d kernel on a rank-{len(shape)} input")
+    out = tuple(_spatial_out(shape[2 + i], k[i], st[i], pad[2 * i], pad[2 * i + 1], dil[i],
                              attrs["ceil_mode"]) for i in range(nsp))
     if min(out) < 1:
         raise OpTypeError(f"pool: empty output {out}")
-    return TensorType(x.shape[:2] + out, x.dtype)
+    return out
+
+
+def pool_type(types: list[TensorType], attrs: Attrs) -> TensorType:
+    return TensorType(types[0].shape[:2] + _pool_out(types[0].shape, attrs), types[0].dtype)
 
 
 def _pool_attrs(**extra: AttrSpec) -> dict[str, AttrSpec]:
@@ -335,7 +339,7 @@ def _reduce_windows(win: np.ndarray, nsp: int, fn) -> np.ndarray:  # noqa: ANN00
 @defop("max_pool", 1, pool_type, category="nn", attrs=_pool_attrs())
 def max_pool(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """Max over each (dilated) window; padding reads as -inf."""
-    out = pool_type([TensorType(x.shape, _dtype_of(x))], attrs).shape[2:]
+    out = _pool_out(x.shape, attrs)
     win = _pool_windows(attrs, x, out, -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min)
     return _reduce_windows(win, len(out), np.max)
 
@@ -345,7 +349,7 @@ def max_pool(attrs: Attrs, x: np.ndarray) -> np.ndarray:
 def avg_pool(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """Mean over each window. The divisor counts the explicit padding when count_include_pad,
     never the extra cells ceil_mode reads past the padded input (PyTorch's rule)."""
-    out = pool_type([TensorType(x.shape, _dtype_of(x))], attrs).shape[2:]
+    out = _pool_out(x.shape, attrs)
     nsp = len(out)
     total = _reduce_windows(_pool_windows(attrs, x, out, 0.0), nsp, np.sum)
     ones = np.ones((1, 1) + x.shape[2:], dtype=x.dtype)
@@ -356,12 +360,6 @@ def avg_pool(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     else:
         count = _reduce_windows(_pool_windows(attrs, ones, out, 0.0), nsp, np.sum)
     return (total / count).astype(x.dtype, copy=False)
-
-
-def _dtype_of(x: np.ndarray):  # noqa: ANN202
-    from ..ir import DType
-
-    return DType.of(x)
 
 
 def adaptive_type(types: list[TensorType], attrs: Attrs) -> TensorType:
