@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from npuc.ir import Graph, Node
 from npuc.pipeline import PassContext, register_pass
 from npuc.rewrite import rewrite

@@ -10,6 +10,7 @@ Ensures: the same outputs, bit for bit (up to the sign of zero for x + 0).
 from __future__ import annotations
 
 import numpy as np
+
 from npuc.ir import Graph, Node
 from npuc.ops import make
 from npuc.pipeline import PassContext, register_pass

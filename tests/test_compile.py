@@ -7,12 +7,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-import npuc
 import numpy as np
 import pytest
 import torch
-from npuc.printer import print_graph
 
+import npuc
+from npuc.printer import print_graph
 from tests.conftest import rel_error
 from tests.models import ZOO
 

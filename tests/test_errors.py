@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import npuc
 import pytest
 import torch
-from npuc.errors import UnsupportedError
 from torch import nn
+
+import npuc
+from npuc.errors import UnsupportedError
 
 
 class Spectral(nn.Module):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from npuc.ir import Attrs, DType, TensorType, const, graph_input
 from npuc.ops import OPS, macs, make
 

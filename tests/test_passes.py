@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import npuc
 import numpy as np
 import pytest
+
+import npuc
 from npuc import passes
 from npuc.ir import Graph, structurally_equal
 from npuc.pipeline import REGISTRY, PassContext, register_pass

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import npuc
 import numpy as np
 import pytest
+
+import npuc
 from npuc.ir import DType, Graph, QuantParams, TensorType, const, graph_input
 from npuc.ops import make
 from npuc.parser import ParseError

@@ -8,16 +8,16 @@ cleans up to exactly what the clean graph cleans up to.
 
 from __future__ import annotations
 
-import npuc
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
+
+import npuc
 from npuc import passes
 from npuc.ir import Graph, Node, const
 from npuc.ops import make
 from npuc.printer import print_graph
 from npuc.rewrite import rewrite
-
 from tests.strategies import graph_and_inputs, graphs
 
 CANONICAL = passes.CANONICAL
