@@ -6,7 +6,7 @@ liveness rather than its size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -34,8 +34,10 @@ def _bind(graph: Graph, inputs: Sequence[object]) -> dict[Node, np.ndarray]:
     return env
 
 
-def interpret(graph: Graph, *inputs: object) -> tuple[np.ndarray, ...]:
-    """Run `graph` on numpy arrays (or torch tensors); returns a tuple with one array per output."""
+def interpret(graph: Graph, *inputs: object,
+              observe: Callable[[Node, np.ndarray], None] | None = None) -> tuple[np.ndarray, ...]:
+    """Run `graph` on numpy arrays (or torch tensors); returns a tuple with one array per output.
+    `observe(node, value)` is called with every value an op computes (calibration statistics)."""
     env = _bind(graph, inputs)
     remaining = {n: len(users) for n, users in graph.users.items()}
     for out in graph.outputs:
@@ -55,6 +57,8 @@ def interpret(graph: Graph, *inputs: object) -> tuple[np.ndarray, ...]:
             raise InterpreterError(f"{node.op} at {node.loc or '?'} gave shape {result.shape}, "
                                    f"its type says {node.shape}")
         env[node] = result
+        if observe is not None:
+            observe(node, result)
         for i in node.inputs:
             remaining[i] -= 1
             if remaining[i] == 0:

@@ -4,6 +4,10 @@
 rewritten inputs, then offered to `fn`, which returns a replacement (any node of the same type)
 or None to keep it. Because inputs are rewritten first, chains collapse in one sweep; `fixpoint`
 repeats sweeps until nothing changes. The input graph is never mutated.
+
+Rules that need facts about the graph being rewritten (who reads a value) take the original node
+too: `rewrite(graph, fn, origin=True)` calls `fn(node, original)`, where `original` is the node of
+`graph` that `node` was rebuilt from, so `graph.users[original]` answers such questions.
 """
 
 from __future__ import annotations
@@ -12,20 +16,21 @@ from collections.abc import Callable
 
 from .ir import Graph, Node
 
-Rule = Callable[[Node], Node | None]
+Rule = Callable[..., Node | None]
 
 
-def rewrite(graph: Graph, fn: Rule, *, fixpoint: bool = False, max_sweeps: int = 32) -> Graph:
+def rewrite(graph: Graph, fn: Rule, *, fixpoint: bool = False, max_sweeps: int = 32,
+            origin: bool = False) -> Graph:
     """Apply `fn` to every node (see module docstring); returns a new Graph."""
     for _ in range(max_sweeps):
-        new, changed = _sweep(graph, fn)
+        new, changed = _sweep(graph, fn, origin)
         if not (fixpoint and changed):
             return new
         graph = new
     return graph
 
 
-def _sweep(graph: Graph, fn: Rule) -> tuple[Graph, bool]:
+def _sweep(graph: Graph, fn: Rule, origin: bool) -> tuple[Graph, bool]:
     mapping: dict[Node, Node] = {n: n for n in graph.inputs}
     changed = False
     for node in graph.nodes:
@@ -33,7 +38,7 @@ def _sweep(graph: Graph, fn: Rule) -> tuple[Graph, bool]:
             continue
         inputs = tuple(mapping[i] for i in node.inputs)
         current = node if inputs == node.inputs else node.with_inputs(inputs)
-        replacement = fn(current)
+        replacement = fn(current, node) if origin else fn(current)
         if replacement is not None and replacement is not current:
             if (replacement.shape, replacement.dtype) != (node.shape, node.dtype):
                 raise TypeError(f"rewrite of {node!r} changed its type to "

@@ -19,7 +19,7 @@ from npuc.pipeline import (
     run_pipeline,
 )
 
-from . import cse, dce, fold_constants, remove_noops  # noqa: F401  (registration)
+from . import cse, dce, fold_batchnorm, fold_constants, remove_noops  # noqa: F401 (registration)
 
 # The canonical clean-up every target pipeline starts and ends with.
 CANONICAL = ["fold_constants", "remove_noops", "cse", "dce"]

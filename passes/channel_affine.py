@@ -1,0 +1,93 @@
+"""Per-channel affine maps folded into the weights of linear layers (conv, conv_transpose, linear).
+
+The algebra every exact re-parameterisation shares. With s, t per channel:
+    fold_output_affine(L, s, t)(x) == L(x) * s + t          (s, t over L's output channels)
+    fold_input_affine(L, s, t)(x)  == L(x * s + t)          (s, t over L's input channels)
+The input form is exact only where every output sees every input tap: a padded conv pads the
+*transformed* input with zeros, so a shift t != 0 there is refused (returns None).
+Weights are recomputed in float64 and stored in the layer's dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npuc.ir import Node, const
+from npuc.ops import make
+
+LAYERS = ("conv", "conv_transpose", "linear")
+
+
+def is_layer(node: Node) -> bool:
+    """A conv/conv_transpose/linear whose weight (and bias, if any) are constants with data."""
+    return (node.op in LAYERS and all(i.is_const and i.attrs.get("data") is not None
+                                      for i in node.inputs[1:]))
+
+
+def channel_axis(node: Node) -> int:
+    """The axis of the layer's input and output that holds channels."""
+    return len(node.shape) - 1 if node.op == "linear" else 1
+
+
+def out_channels(node: Node) -> int:
+    return node.shape[channel_axis(node)]
+
+
+def _weights(node: Node) -> tuple[np.ndarray, np.ndarray]:
+    w = node.inputs[1].data.astype(np.float64)
+    b = (node.inputs[2].data.astype(np.float64) if len(node.inputs) > 2
+         else np.zeros(out_channels(node)))
+    return w, b
+
+
+def _rebuild(node: Node, x: Node, w: np.ndarray, b: np.ndarray) -> Node:
+    dtype = node.inputs[1].dtype
+    weight = const(w.astype(dtype.numpy), dtype, node.inputs[1].loc)
+    bias = const(b.astype(dtype.numpy), dtype,
+                 node.inputs[2].loc if len(node.inputs) > 2 else node.loc)
+    return make(node.op, [x, weight, bias], dict(node.attrs), node.loc)
+
+
+def _grouped_transpose_view(w: np.ndarray, groups: int) -> np.ndarray:
+    """conv_transpose weight (Cin, Og, *k) viewed as (G, Cin/G, Og, *k)."""
+    return w.reshape((groups, w.shape[0] // groups) + w.shape[1:])
+
+
+def fold_output_affine(node: Node, scale: np.ndarray, shift: np.ndarray) -> Node:
+    """The layer computing node(x) * scale + shift per output channel."""
+    w, b = _weights(node)
+    scale, shift = np.asarray(scale, np.float64), np.asarray(shift, np.float64)
+    tail = (1,) * (w.ndim - 1)
+    if node.op == "conv_transpose":
+        groups = node.attrs["groups"]
+        view = _grouped_transpose_view(w, groups)
+        per_group = scale.reshape((groups, 1, -1) + (1,) * (w.ndim - 2))
+        w = (view * per_group).reshape(w.shape)
+    else:
+        w = w * scale.reshape((-1,) + tail)
+    return _rebuild(node, node.inputs[0], w, b * scale + shift)
+
+
+def fold_input_affine(node: Node, scale: np.ndarray, shift: np.ndarray,
+                      x: Node | None = None) -> Node | None:
+    """The layer computing node(x * scale + shift) per input channel, or None where not exact;
+    it reads `x` (default: the layer's own input)."""
+    x = node.inputs[0] if x is None else x
+    w, b = _weights(node)
+    scale, shift = np.asarray(scale, np.float64), np.asarray(shift, np.float64)
+    has_shift = bool(np.any(shift != 0))
+    if node.op == "linear":
+        return _rebuild(node, x, w * scale, b + w @ shift)
+    if has_shift and (node.op == "conv_transpose" or any(node.attrs["padding"])):
+        return None
+    groups = node.attrs["groups"]
+    if node.op == "conv_transpose":  # weight (Cin, Og, *k): input channels lead
+        w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+        return _rebuild(node, x, w, b)
+    # conv weight (O, Cg, *k); output o reads input channels g(o) * Cg + [0, Cg)
+    cg = w.shape[1]
+    per_out = np.repeat(np.arange(groups), w.shape[0] // groups)[:, None] * cg + np.arange(cg)
+    s = scale[per_out].reshape(w.shape[:2] + (1,) * (w.ndim - 2))
+    spatial = tuple(range(2, w.ndim))
+    b = b + (w.sum(axis=spatial) * shift[per_out]).sum(axis=1)
+    return _rebuild(node, x, w * s, b)
