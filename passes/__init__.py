@@ -4,8 +4,12 @@
     npuc.passes.apply(g, "cse")                # one pass; never mutates g
     npuc.passes.run_pipeline(g, ["fold_constants", "cse", "dce"])
 
-Importing this package registers every pass below.
+Importing this package imports every module in it, and each pass module registers its pass with
+`@register_pass`, so a new pass is a new file and nothing else.
 """
+
+import importlib
+import pkgutil
 
 from npuc.pipeline import (
     PassContext,
@@ -19,7 +23,8 @@ from npuc.pipeline import (
     run_pipeline,
 )
 
-from . import cse, dce, fold_batchnorm, fold_constants, remove_noops  # noqa: F401 (registration)
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 # The canonical clean-up every target pipeline starts and ends with.
 CANONICAL = ["fold_constants", "remove_noops", "cse", "dce"]
