@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .ir import Attrs, DType, Graph, Node, QuantParams, TensorType, digest, graph_input
+from .ir import DType, Graph, Node, QuantParams, TensorType, digest, graph_input
 from .ops import OPS, make
 
 _TYPE = r"tensor<[^<>]*(?:<[^<>]*>)?>"
@@ -178,4 +178,4 @@ def _checked(node: Node, declared: TensorType) -> Node:
     return Node(node.op, node.inputs, node.attrs, declared, node.loc)
 
 
-__all__ = ["parse", "parse_type", "parse_attrs", "ParseError", "Attrs"]
+__all__ = ["parse", "parse_type", "parse_attrs", "ParseError"]

@@ -1,10 +1,11 @@
 """Capture a PyTorch module into the npuc IR.
 
 torch.export gives an ATen-level fx graph (decomposed to core ATen, keeping the few ops the IR
-has a better name for); when export fails, torch.fx.symbolic_trace followed by make_fx gives the
-same kind of graph. Each ATen op is then normalised by a converter in `converters.py`. Any op
-whose tensor operands are all constants (weights, buffers, masks, `arange`, shape arithmetic) is
-evaluated by torch at capture time and becomes a constant, so constant subgraphs fold away.
+has a better name for); when export fails, torch.fx.symbolic_trace flattens forward() into
+straight-line code over the same submodules, and exporting that gives the same kind of graph.
+Each ATen op is then normalised by a converter in `converters.py`. Any op whose tensor operands
+are all constants (weights, buffers, masks, `arange`, shape arithmetic) is evaluated by torch at
+capture time and becomes a constant, so constant subgraphs fold away.
 """
 
 from __future__ import annotations
