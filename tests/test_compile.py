@@ -23,7 +23,7 @@ def test_compile_keeps_every_stage() -> None:
     model, inputs = ZOO["attention_block"]()
     cm = npuc.compile(model, inputs, target="npu-int8", debug=True)
     assert list(cm.stages) == ["captured", "fold_constants", "fold_batchnorm", "merge_branches",
-                               "remove_noops", "cse", "dce", "lowered"]
+                               "merge_linear", "remove_noops", "cse", "dce", "lowered"]
     assert cm.ir is cm.stages["lowered"]
     with torch.no_grad():
         want = model(*inputs).numpy()
@@ -89,10 +89,10 @@ def test_cli_compile_writes_stages_and_checks(tmp_path: Path) -> None:
     assert "MACs: " in result.stdout and "conv 1" in result.stdout
     assert "OK" in result.stdout.splitlines()[-1]
     dumps = sorted(p.name for p in (tmp_path / "dumps").iterdir())
-    assert dumps[0] == "00_captured.ir" and dumps[-1] == "07_lowered.ir"
+    assert dumps[0] == "00_captured.ir" and dumps[-1] == "08_lowered.ir"
     text = (tmp_path / "dumps" / "00_captured.ir").read_text()
     assert str(npuc.ir.parse(text)) == text
-    lowered = (tmp_path / "dumps" / "07_lowered.ir").read_text()
+    lowered = (tmp_path / "dumps" / "08_lowered.ir").read_text()
     assert "batch_norm" in text and "batch_norm" not in lowered
 
 
