@@ -7,7 +7,7 @@ attributes, and every node's recorded type is what its op infers from its operan
 
 from __future__ import annotations
 
-from .ir import Graph, GraphError, Node
+from .ir import Graph, GraphError, Node, digest
 from .ops import OPS
 
 
@@ -45,8 +45,8 @@ def verify(graph: Graph) -> None:
             continue
         try:
             inferred = opdef.infer([i.type for i in node.inputs], attrs)
-        except (TypeError, ValueError) as e:
-            raise GraphError(f"{_where(node)}: {e}") from None
+        except Exception as e:  # any failure to type a node is the graph's fault, not ours
+            raise GraphError(f"{_where(node)}: {type(e).__name__}: {e}") from None
         if (inferred.shape, inferred.dtype) != (node.type.shape, node.type.dtype):
             raise GraphError(f"{_where(node)}: type {node.type.shape} {node.type.dtype} but its "
                              f"operands give {inferred.shape} {inferred.dtype}")
@@ -62,3 +62,5 @@ def _verify_const(node: Node) -> None:
     if tuple(data.shape) != node.type.shape or data.dtype != node.type.dtype.numpy:
         raise GraphError(f"{_where(node)}: data {data.shape} {data.dtype} does not match type "
                          f"{node.type.shape} {node.type.dtype}")
+    if digest(data) != node.attrs["digest"]:
+        raise GraphError(f"{_where(node)}: digest {node.attrs['digest']} does not match its data")

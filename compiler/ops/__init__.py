@@ -35,6 +35,7 @@ class AttrSpec:
     kind: str
     default: Any = REQUIRED
     choices: tuple[Any, ...] | None = None
+    min: int | None = None  # for int and ints: the least legal value of each element
 
 
 Infer = Callable[[list[TensorType], Attrs], TensorType]
@@ -79,6 +80,10 @@ class OpDef:
                                 f"got {value!r}")
             if spec.choices is not None and value not in spec.choices:
                 raise TypeError(f"{self.name}: attribute '{key}' must be one of {spec.choices}")
+            if spec.min is not None and min(value if isinstance(value, tuple) else (value,),
+                                            default=spec.min) < spec.min:
+                raise TypeError(f"{self.name}: attribute '{key}' must be >= {spec.min}, "
+                                f"got {value!r}")
             full[key] = value
         return Attrs(full)
 

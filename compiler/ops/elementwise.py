@@ -56,6 +56,12 @@ def where_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(broadcast_shapes(*(t.shape for t in types)), _common_dtype(types[1:]))
 
 
+def bool_type(types: list[TensorType], attrs: Attrs) -> TensorType:
+    if any(t.dtype != DType.BOOL for t in types):
+        raise OpTypeError(f"needs bool operands, got {', '.join(str(t.dtype) for t in types)}")
+    return TensorType(broadcast_shapes(*(t.shape for t in types)), DType.BOOL)
+
+
 def cast_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(types[0].shape, DType(attrs["dtype"]))
 
@@ -112,7 +118,7 @@ _unary("reciprocal", lambda x, a: 1 / x, "1 / x")
 _unary("erf", lambda x, a: erf(x), "the error function")
 _unary("neg", lambda x, a: -x, "-x", infer=same_type)
 _unary("abs", lambda x, a: np.abs(x), "|x|", infer=same_type)
-_unary("logical_not", lambda x, a: ~x, "not x (bool)", infer=same_type)
+_unary("logical_not", lambda x, a: ~x, "not x (bool)", infer=bool_type)
 
 
 @defop("cast", 1, cast_type, category="elementwise",
@@ -150,8 +156,8 @@ _binary("lt", np.less, "a < b", compare_type)
 _binary("le", np.less_equal, "a <= b", compare_type)
 _binary("gt", np.greater, "a > b", compare_type)
 _binary("ge", np.greater_equal, "a >= b", compare_type)
-_binary("logical_and", np.logical_and, "a and b (bool)")
-_binary("logical_or", np.logical_or, "a or b (bool)")
+_binary("logical_and", np.logical_and, "a and b (bool)", bool_type)
+_binary("logical_or", np.logical_or, "a or b (bool)", bool_type)
 
 
 @defop("where", 3, where_type, category="elementwise")

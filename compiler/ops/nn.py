@@ -52,8 +52,8 @@ def _pad(x: np.ndarray, padding: tuple[int, ...], value: float = 0.0) -> np.ndar
 
 
 def _conv_attrs() -> dict[str, AttrSpec]:
-    return {"stride": AttrSpec("ints"), "padding": AttrSpec("ints"),
-            "dilation": AttrSpec("ints"), "groups": AttrSpec("int", 1)}
+    return {"stride": AttrSpec("ints", min=1), "padding": AttrSpec("ints"),
+            "dilation": AttrSpec("ints", min=1), "groups": AttrSpec("int", 1, min=1)}
 
 
 def _check_spatial(op: str, x: TensorType, w: TensorType, attrs: Attrs) -> int:
@@ -68,6 +68,8 @@ def _check_spatial(op: str, x: TensorType, w: TensorType, attrs: Attrs) -> int:
 def _bias_check(op: str, types: list[TensorType], channels: int) -> None:
     if len(types) == 3 and types[2].shape != (channels,):
         raise OpTypeError(f"{op}: bias shape {types[2].shape} != ({channels},)")
+    if len({t.dtype for t in types}) > 1:
+        raise OpTypeError(f"{op}: operand dtypes differ: {', '.join(str(t.dtype) for t in types)}")
 
 
 def conv_type(types: list[TensorType], attrs: Attrs) -> TensorType:
@@ -204,8 +206,9 @@ def _norm_type(op: str, channels_of):  # noqa: ANN001, ANN202
         x = types[0]
         want = channels_of(x, attrs)
         for t in types[1:]:
-            if t.shape != want:
-                raise OpTypeError(f"{op}: parameter shape {t.shape}, expected {want}")
+            if t.shape != want or t.dtype != x.dtype:
+                raise OpTypeError(f"{op}: parameter {t.shape} {t.dtype}, expected {want} "
+                                  f"{x.dtype}")
         return float_type(types, attrs)
 
     return infer
@@ -228,8 +231,14 @@ def _normalise(x: np.ndarray, axes: tuple[int, ...], eps: float) -> np.ndarray:
     return centred / np.sqrt(var + np.float32(eps))
 
 
-@defop("layer_norm", (1, 3), _norm_type("layer_norm", lambda x, a: x.shape[-a["ndim"]:]),
-       category="nn", attrs={"ndim": AttrSpec("int", 1), "eps": AttrSpec("float", 1e-5)})
+def _layer_norm_shape(x: TensorType, attrs: Attrs) -> tuple[int, ...]:
+    if not 1 <= attrs["ndim"] <= x.rank:
+        raise OpTypeError(f"layer_norm: ndim {attrs['ndim']} outside 1..{x.rank}")
+    return x.shape[-attrs["ndim"]:]
+
+
+@defop("layer_norm", (1, 3), _norm_type("layer_norm", _layer_norm_shape),
+       category="nn", attrs={"ndim": AttrSpec("int", 1, min=1), "eps": AttrSpec("float", 1e-5)})
 def layer_norm(attrs: Attrs, x: np.ndarray, gamma: np.ndarray | None = None,
                beta: np.ndarray | None = None) -> np.ndarray:
     """Normalise over the last `ndim` axes (biased variance), then * gamma + beta."""
@@ -248,7 +257,7 @@ def _group_norm_channels(x: TensorType, attrs: Attrs) -> tuple[int, ...]:
 
 
 @defop("group_norm", (1, 3), _norm_type("group_norm", _group_norm_channels), category="nn",
-       attrs={"groups": AttrSpec("int"), "eps": AttrSpec("float", 1e-5)})
+       attrs={"groups": AttrSpec("int", min=1), "eps": AttrSpec("float", 1e-5)})
 def group_norm(attrs: Attrs, x: np.ndarray, gamma: np.ndarray | None = None,
                beta: np.ndarray | None = None) -> np.ndarray:
     """Normalise each group of channels over (channels in group, spatial); per-channel affine."""
@@ -317,8 +326,9 @@ def pool_type(types: list[TensorType], attrs: Attrs) -> TensorType:
 
 
 def _pool_attrs(**extra: AttrSpec) -> dict[str, AttrSpec]:
-    return {"kernel": AttrSpec("ints"), "stride": AttrSpec("ints"), "padding": AttrSpec("ints"),
-            "dilation": AttrSpec("ints"), "ceil_mode": AttrSpec("bool", False), **extra}
+    return {"kernel": AttrSpec("ints", min=1), "stride": AttrSpec("ints", min=1),
+            "padding": AttrSpec("ints", min=0), "dilation": AttrSpec("ints", min=1),
+            "ceil_mode": AttrSpec("bool", False), **extra}
 
 
 def _pool_windows(attrs: Attrs, x: np.ndarray, out: tuple[int, ...],
@@ -374,7 +384,8 @@ def _along(x: np.ndarray, axis: int, matrix: np.ndarray) -> np.ndarray:
     return np.moveaxis(np.tensordot(matrix, x, axes=([1], [axis])), 0, axis)
 
 
-@defop("adaptive_avg_pool", 1, adaptive_type, category="nn", attrs={"size": AttrSpec("ints")})
+@defop("adaptive_avg_pool", 1, adaptive_type, category="nn",
+       attrs={"size": AttrSpec("ints", min=1)})
 def adaptive_avg_pool(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """Output cell i averages input cells [floor(i*in/out), ceil((i+1)*in/out))."""
     for i, out in enumerate(attrs["size"]):
@@ -419,7 +430,8 @@ def _resize_matrix(mode: str, size_in: int, size_out: int, scale: float,
 
 
 @defop("resize", 1, resize_type, category="nn",
-       attrs={"size": AttrSpec("ints"), "mode": AttrSpec("str", choices=("nearest", "bilinear")),
+       attrs={"size": AttrSpec("ints", min=1),
+              "mode": AttrSpec("str", choices=("nearest", "bilinear")),
               "scales": AttrSpec("floats"), "align_corners": AttrSpec("bool", False)})
 def resize(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """Nearest or (bi)linear resampling of the spatial axes to `size`. `scales` are the user's

@@ -39,6 +39,8 @@ def _check_axis(axis: int, rank: int) -> int:
 
 def reshape_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     x, shape = types[0], attrs["shape"]
+    if min(shape, default=0) < 0:
+        raise OpTypeError(f"reshape: negative size in {shape}")
     if int(np.prod(shape, dtype=np.int64)) != x.size or min(shape, default=1) < 0:
         raise OpTypeError(f"reshape: cannot view {x.shape} as {shape}")
     return TensorType(shape, x.dtype)
@@ -60,7 +62,7 @@ def permute_type(types: list[TensorType], attrs: Attrs) -> TensorType:
 @defop("permute", 1, permute_type, category="shape", attrs={"perm": AttrSpec("ints")})
 def permute(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """out axis i is input axis perm[i]."""
-    return np.ascontiguousarray(x.transpose(attrs["perm"]))
+    return x.transpose(attrs["perm"]).copy()  # a C-ordered copy that keeps 0-d arrays 0-d
 
 
 def expand_type(types: list[TensorType], attrs: Attrs) -> TensorType:
@@ -75,7 +77,7 @@ def expand_type(types: list[TensorType], attrs: Attrs) -> TensorType:
 @defop("expand", 1, expand_type, category="shape", attrs={"shape": AttrSpec("ints")})
 def expand(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """Broadcast to `shape` (size-1 axes repeat)."""
-    return np.ascontiguousarray(np.broadcast_to(x, attrs["shape"]))
+    return np.broadcast_to(x, attrs["shape"]).copy()
 
 
 def slice_type(types: list[TensorType], attrs: Attrs) -> TensorType:
@@ -158,19 +160,24 @@ def pixel_shuffle_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType((n, c // (r * r), h * r, w * r), x.dtype)
 
 
-@defop("pixel_shuffle", 1, pixel_shuffle_type, category="shape", attrs={"factor": AttrSpec("int")})
+@defop("pixel_shuffle", 1, pixel_shuffle_type, category="shape",
+       attrs={"factor": AttrSpec("int", min=1)})
 def pixel_shuffle(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """(N, C*r*r, H, W) -> (N, C, H*r, W*r):
     out[n, c, h*r + i, w*r + j] = x[n, c*r*r + i*r + j, h, w]."""
     n, c, h, w = x.shape
     r = attrs["factor"]
     y = x.reshape(n, c // (r * r), r, r, h, w).transpose(0, 1, 4, 2, 5, 3)
-    return np.ascontiguousarray(y.reshape(n, c // (r * r), h * r, w * r))
+    return y.reshape(n, c // (r * r), h * r, w * r).copy()
 
 
 def reduce_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     x = types[0]
+    if x.rank == 0:
+        raise OpTypeError("cannot reduce a 0-d value")
     axes = {_check_axis(a, x.rank) for a in attrs["axes"]}
+    if len(axes) != len(attrs["axes"]):
+        raise OpTypeError(f"repeated reduction axes {attrs['axes']}")
     if attrs["keepdim"]:
         shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
     else:
