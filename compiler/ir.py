@@ -247,6 +247,12 @@ class Graph:
                 users[i].append(node)
         return users
 
+    def sole_reader(self, node: Node) -> Node | None:
+        """The one node that reads `node`, if exactly one does and `node` is not an output:
+        the condition for rewriting a value in place without duplicating work."""
+        readers = self.users.get(node, ())
+        return readers[0] if len(readers) == 1 and node not in self.outputs else None
+
     def verify(self) -> Graph:
         """Check the graph's invariants; raise GraphError naming the bad node. Returns self."""
         from .verify import verify

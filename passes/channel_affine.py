@@ -43,6 +43,8 @@ def _weights(node: Node) -> tuple[np.ndarray, np.ndarray]:
 def _rebuild(node: Node, x: Node, w: np.ndarray, b: np.ndarray) -> Node:
     dtype = node.inputs[1].dtype
     weight = const(w.astype(dtype.numpy), dtype, node.inputs[1].loc)
+    if len(node.inputs) == 2 and not np.any(b):  # a bias-free layer stays bias-free
+        return make(node.op, [x, weight], dict(node.attrs), node.loc)
     bias = const(b.astype(dtype.numpy), dtype,
                  node.inputs[2].loc if len(node.inputs) > 2 else node.loc)
     return make(node.op, [x, weight, bias], dict(node.attrs), node.loc)

@@ -79,13 +79,6 @@ def _layer(node: Node) -> bool:
     return node.op in ("conv", "linear") and is_layer(node) and node.dtype.is_float
 
 
-def _sole_reader(graph: Graph, node: Node) -> Node | None:
-    readers = graph.users[node]
-    if len(readers) != 1 or node in graph.outputs:
-        return None
-    return readers[0]
-
-
 def _bound_const(act: Node, value: Node) -> Node:
     """The constant operand of maximum/minimum(value, c)."""
     a, b = act.inputs
@@ -109,7 +102,7 @@ def find_pairs(graph: Graph) -> list[_Pair]:
             continue
         axis = channel_axis(first) % len(first.shape)
         value, acts = first, []
-        while (reader := _sole_reader(graph, value)) is not None:
+        while (reader := graph.sole_reader(value)) is not None:
             if _layer(reader) and reader.op == first.op and reader.inputs[0] is value:
                 pairs.append(_Pair(first, tuple(acts), reader))
                 break

