@@ -118,7 +118,10 @@ def make(op: str, inputs: tuple[Node, ...] | list[Node], attrs: Mapping[str, Any
     if not lo <= len(inputs) <= hi:
         raise TypeError(f"{op}: takes {lo}..{hi} inputs, got {len(inputs)}")
     checked = opdef.check_attrs(attrs or {})
-    type_ = opdef.infer([i.type for i in inputs], checked)
+    try:
+        type_ = opdef.infer([i.type for i in inputs], checked)
+    except (IndexError, ValueError, ArithmeticError) as e:  # operands infer cannot make sense of
+        raise TypeError(f"{op}: cannot type operands {[i.type for i in inputs]}: {e}") from None
     return Node(op, inputs, checked, type_, loc)
 
 

@@ -46,6 +46,13 @@ def broadcast_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(broadcast_shapes(*(t.shape for t in types)), _common_dtype(types))
 
 
+def numeric_type(types: list[TensorType], attrs: Attrs) -> TensorType:
+    """broadcast_type for arithmetic that has no meaning on bools (neg, sub, div, pow)."""
+    if any(t.dtype == DType.BOOL for t in types):
+        raise OpTypeError("arithmetic on bool operands; cast them first")
+    return broadcast_type(types, attrs)
+
+
 def compare_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(broadcast_type(types, attrs).shape, DType.BOOL)
 
@@ -116,8 +123,8 @@ _unary("sqrt", lambda x, a: np.sqrt(x), "square root")
 _unary("rsqrt", lambda x, a: 1 / np.sqrt(x), "1 / sqrt(x)")
 _unary("reciprocal", lambda x, a: 1 / x, "1 / x")
 _unary("erf", lambda x, a: erf(x), "the error function")
-_unary("neg", lambda x, a: -x, "-x", infer=same_type)
-_unary("abs", lambda x, a: np.abs(x), "|x|", infer=same_type)
+_unary("neg", lambda x, a: -x, "-x", infer=numeric_type)
+_unary("abs", lambda x, a: np.abs(x), "|x|", infer=numeric_type)
 _unary("logical_not", lambda x, a: ~x, "not x (bool)", infer=bool_type)
 
 
@@ -144,10 +151,10 @@ def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 _binary("add", np.add, "a + b")
-_binary("sub", np.subtract, "a - b")
+_binary("sub", np.subtract, "a - b", numeric_type)
 _binary("mul", np.multiply, "a * b")
-_binary("div", _int_div, "a / b (floor division for integers)")
-_binary("pow", np.power, "a ** b")
+_binary("div", _int_div, "a / b (floor division for integers)", numeric_type)
+_binary("pow", np.power, "a ** b", numeric_type)
 _binary("maximum", np.maximum, "elementwise max")
 _binary("minimum", np.minimum, "elementwise min")
 _binary("eq", np.equal, "a == b", compare_type)

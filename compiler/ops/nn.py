@@ -127,6 +127,8 @@ def conv_transpose_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     op_ = attrs["output_padding"]
     out = tuple((x.shape[2 + i] - 1) * st[i] - pad[2 * i] - pad[2 * i + 1]
                 + dil[i] * (w.shape[2 + i] - 1) + op_[i] + 1 for i in range(nsp))
+    if min(out) < 1:
+        raise OpTypeError(f"conv_transpose: empty output {out}")
     return TensorType((x.shape[0], w.shape[1] * groups) + out, float_type(types, attrs).dtype)
 
 
@@ -225,9 +227,11 @@ def batch_norm(attrs: Attrs, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
 
 
 def _normalise(x: np.ndarray, axes: tuple[int, ...], eps: float) -> np.ndarray:
-    mean = x.mean(axis=axes, keepdims=True)
+    """(x - mean) / sqrt(var + eps), the statistics accumulated in float64 and rounded to x's
+    dtype, so a constant group centres to exact zeros (as PyTorch's Welford statistics do)."""
+    mean = x.mean(axis=axes, keepdims=True, dtype=np.float64).astype(x.dtype)
     centred = x - mean
-    var = (centred * centred).mean(axis=axes, keepdims=True)
+    var = np.square(centred, dtype=np.float64).mean(axis=axes, keepdims=True).astype(x.dtype)
     return centred / np.sqrt(var + np.float32(eps))
 
 

@@ -67,7 +67,7 @@ def permute(attrs: Attrs, x: np.ndarray) -> np.ndarray:
 
 def expand_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     x, shape = types[0], attrs["shape"]
-    if len(shape) < x.rank or any(
+    if min(shape, default=0) < 0 or len(shape) < x.rank or any(
         s != t and s != 1 for s, t in zip(x.shape, shape[len(shape) - x.rank:], strict=True)
     ):
         raise OpTypeError(f"expand: cannot broadcast {x.shape} to {shape}")
@@ -101,6 +101,8 @@ def slice_(attrs: Attrs, x: np.ndarray) -> np.ndarray:
 
 def concat_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     first = types[0]
+    if first.rank == 0:
+        raise OpTypeError("concat: cannot join 0-d values")
     axis = _check_axis(attrs["axis"], first.rank)
     for t in types[1:]:
         if t.dtype != first.dtype or t.rank != first.rank or any(
