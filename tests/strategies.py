@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
 from npuc.ir import Attrs, DType, Graph, Node, TensorType, const, graph_input
 from npuc.ops import OPS, REQUIRED, make
 
@@ -83,7 +84,7 @@ def _f32(v: float) -> float:
 # Arrays up to this size draw every element through Hypothesis (best shrinking); larger ones
 # would exhaust its entropy budget, and its sparse "fill" mode makes near-constant arrays that hide
 # layout bugs (a transposed weight looks the same), so they are mostly dense seeded draws.
-_SMALL_ARRAY = 32
+_SMALL_ARRAY = 16
 
 
 @st.composite
@@ -491,10 +492,7 @@ def unary_layer(draw: st.DrawFn, x: Value, pool: Pool = (), loc: str | None = No
 def prelu_layer(draw: st.DrawFn, x: Value, pool: Pool = (), loc: str | None = None) -> Value:
     """prelu with one slope or one per channel (axis 1)."""
     channels = x.shape[1] if x.rank > 1 else 1
-    shapes = sorted({(1,), (channels,), ()})
-    if x.rank == 0:  # KNOWN BUG (report 1): a (1,) slope broadcasts a 0-d prelu up to (1,)
-        shapes = [()]
-    shape = draw(st.sampled_from(shapes))
+    shape = draw(st.sampled_from(sorted({(1,), (channels,), ()})))
     node, slope = _param(draw, shape, loc, "weight", 1.0)
     return Value(make("prelu", [x.node, node], loc=loc), x.bound * max(1.0, _amax(slope)))
 
@@ -557,7 +555,8 @@ def where_layer(draw: st.DrawFn, x: Value, pool: Pool = (), loc: str | None = No
     op = draw(st.sampled_from(list(COMPARE_OPS)))
     t = draw(_operand(x, pool, loc))
     cond = make(op, [x.node, t.node], loc=loc)
-    other = draw(_operand(x, pool, loc))
+    # the other branch must broadcast with the condition, which may be larger than x
+    other = draw(_operand(Value(cond, 1.0), pool, loc))
     a, b = (x, other) if draw(st.booleans()) else (other, x)
     return Value(make("where", [cond, a.node, b.node], loc=loc), max(a.bound, b.bound))
 
@@ -828,6 +827,17 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("gather", gather_layer, lambda v: v.rank >= 1, ("gather",)),
 ]}
 
+def accepting_layouts(families: Sequence[Family]) -> list[str]:
+    """The LAYOUTS whose (2, 2, ...) example some of `families` accepts (so a graph restricted
+    to, say, convolutions gets an image or a signal, not a feature vector)."""
+    out = []
+    for layout in LAYOUTS:
+        x = Value(graph_input("x", TensorType((2,) * len(layout), F32)), 1.0)  # a letter/axis
+        if any(f.applies(x) for f in families):
+            out.append(layout)
+    return out or list(LAYOUTS)
+
+
 # Ops no family emits, and why (test_random_graphs checks this list against the op table).
 NOT_GENERATED = {
     "input": "a graph leaf",
@@ -857,9 +867,7 @@ def _locs(draw: st.DrawFn) -> Callable[[int, str], str | None]:
     if style == "none":
         return lambda i, name: None
     if style == "text":
-        texts = draw(st.lists(st.text(max_size=6), min_size=MAX_NODES + 1,
-                              max_size=MAX_NODES + 1))
-        return lambda i, name: texts[i % len(texts)]
+        return lambda i, name: draw(st.text(max_size=6))
     return lambda i, name: f"layers.{i}.{name}"
 
 
@@ -882,9 +890,11 @@ def graphs(draw: st.DrawFn, *, families: Sequence[str] | None = None, layout: st
     """A random well-formed float32 graph: 1-`max_inputs` inputs of a drawn layout, then up to
     `max_layers` layers (from `families`, default all), each extending an earlier value (mostly
     the latest) and possibly joining others, so graphs are chains, branches and rejoins.
-    The outputs are the values nothing reads (so no work is dead), at most `max_outputs`."""
+    The outputs are the last value and up to `max_outputs - 1` other values nothing reads, now
+    and then also an intermediate value, a repeat or an input. If no family applies to the
+    input, the graph is a single relu."""
     chosen = [FAMILIES[f] for f in (families or FAMILIES)]
-    t = draw(tensor_types(layout))
+    t = draw(tensor_types(layout or draw(st.sampled_from(accepting_layouts(chosen)))))
     n_inputs = draw(st.integers(1, max_inputs))
     names = draw(st.lists(st.text(_NAME_CHARS, min_size=1, max_size=4), min_size=n_inputs,
                           max_size=n_inputs, unique=True))
@@ -916,11 +926,12 @@ def graphs(draw: st.DrawFn, *, families: Sequence[str] | None = None, layout: st
         pool.append(v)
     if len(pool) == n_inputs:  # every step was skipped: still return a graph with one op
         pool.append(Value(make("relu", [inputs[0]], loc=loc_of(0, "relu")), INPUT_BOUND))
-    return Graph(tuple(inputs), _outputs(draw, pool[n_inputs:], max_outputs),
+    return Graph(tuple(inputs), _outputs(draw, pool[n_inputs:], max_outputs, inputs),
                  draw(st.sampled_from(["g", "main", "net_1", "a.b-c"])))
 
 
-def _outputs(draw: st.DrawFn, values: list[Value], max_outputs: int) -> tuple[Node, ...]:
+def _outputs(draw: st.DrawFn, values: list[Value], max_outputs: int, inputs: list[Node]
+             ) -> tuple[Node, ...]:
     read = {id(i) for v in values for n in _walk(v.node) for i in n.inputs}
     sinks = [v.node for v in values if id(v.node) not in read]
     last = values[-1].node
@@ -928,8 +939,8 @@ def _outputs(draw: st.DrawFn, values: list[Value], max_outputs: int) -> tuple[No
     chosen = draw(st.lists(st.sampled_from(others), unique_by=id, max_size=max_outputs - 1)
                   ) if others else []
     outputs = [*chosen, last] if draw(st.booleans()) else [last, *chosen]
-    if draw(st.integers(0, 9)) == 0:  # an intermediate value or a repeat is an output too
-        outputs.append(draw(st.sampled_from([v.node for v in values])))
+    if draw(st.integers(0, 9)) == 0:  # an intermediate value, a repeat or an input as an output
+        outputs.append(draw(st.sampled_from([v.node for v in values] + inputs)))
     return tuple(outputs)
 
 
@@ -953,6 +964,8 @@ def graph_and_inputs(draw: st.DrawFn, **kwargs: Any) -> tuple[Graph, tuple[np.nd
 
 
 # --------------------------------------------------------------------------- torch models
+# A random torch model is a list of steps, each a torch layer or function applied to earlier
+# values; the builder runs every step eagerly as it draws, so each next step sees real shapes.
 
 
 def _torch():  # noqa: ANN202 - torch is imported lazily: graph-only tests need not load it
@@ -979,7 +992,7 @@ def _random_net(steps: list[_Step], modules: list[Any], outputs: tuple[int, ...]
 
         def __init__(self) -> None:
             super().__init__()
-            self.layers = torch.nn.ModuleList(modules)
+            self.layers = torch.nn.ModuleList(modules)  # registered, so eval() and export see them
             self.steps = steps
             self.outs = outputs
 
@@ -996,22 +1009,49 @@ def _random_net(steps: list[_Step], modules: list[Any], outputs: tuple[int, ...]
     return RandomNet().eval()
 
 
-@st.composite
-def _torch_activation(draw: st.DrawFn, channels: int) -> Any:
-    nn = _torch().nn
-    return draw(st.sampled_from([
-        lambda: nn.ReLU(), lambda: nn.ReLU6(), lambda: nn.Sigmoid(), lambda: nn.SiLU(),
-        lambda: nn.Tanh(), lambda: nn.Hardsigmoid(), lambda: nn.Hardswish(),
-        lambda: nn.GELU(), lambda: nn.GELU(approximate="tanh"),
-        lambda: nn.LeakyReLU(0.1), lambda: nn.Hardtanh(-0.5, 1.5),
-        lambda: nn.PReLU(), lambda: nn.PReLU(channels), lambda: nn.Softsign(),
-        lambda: nn.Tanhshrink(), lambda: nn.Hardshrink(0.3),
-        # ELU/SELU/CELU/Softplus/Mish/LogSigmoid are left out: capture has no lowering for
-        # aten.elu, aten.expm1 or aten.log1p (yet).
-    ]))()
+@dataclass
+class _TorchCtx:
+    """What a torch layer builder sees: the values so far, the one to extend, a generator."""
+
+    draw: st.DrawFn
+    vals: list[Any]
+    src: int
+    gen: Any
+
+    @property
+    def x(self) -> Any:
+        return self.vals[self.src]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape)
+
+    @property
+    def channels(self) -> int:
+        return self.shape[1] if len(self.shape) > 1 else 1
+
+    def fn(self, fn: Callable[..., Any], label: str, *others: int) -> _Built:
+        return fn, (self.src, *others), None, label
+
+    def module(self, module: Any) -> _Built:
+        return module, (self.src,), module, type(module).__name__
 
 
-def _torch_norm_stats(module: Any, gen: Any) -> Any:
+_Built = tuple[Callable[..., Any], tuple[int, ...], Any, str]  # fn, arg indices, module, label
+_TORCH_LAYERS: dict[str, tuple[Callable[[tuple[int, ...]], bool],
+                               Callable[[_TorchCtx], _Built]]] = {}
+
+
+def _torch_layer(name: str, applies: Callable[[tuple[int, ...]], bool] = lambda s: True
+                 ) -> Callable[[Callable[[_TorchCtx], _Built]], Callable[[_TorchCtx], _Built]]:
+    def register(build: Callable[[_TorchCtx], _Built]) -> Callable[[_TorchCtx], _Built]:
+        _TORCH_LAYERS[name] = (applies, build)
+        return build
+
+    return register
+
+
+def _norm_stats(module: Any, gen: Any) -> Any:
     """Random affine and running statistics, so a norm layer is never an identity."""
     torch = _torch()
     with torch.no_grad():
@@ -1024,137 +1064,298 @@ def _torch_norm_stats(module: Any, gen: Any) -> Any:
     return module
 
 
-@st.composite
-def _torch_step(draw: st.DrawFn, vals: list[Any], src: int, gen: Any
-                ) -> tuple[Callable[..., Any], tuple[int, ...], Any, str]:
-    """A torch layer or function applicable to vals[src]: (fn, arg indices, module, label)."""
+def _rank(*ranks: int) -> Callable[[tuple[int, ...]], bool]:
+    return lambda s: len(s) in ranks
+
+
+@_torch_layer("activation")
+def _t_activation(c: _TorchCtx) -> _Built:
+    nn = _torch().nn
+    make_act = c.draw(st.sampled_from([
+        nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.SiLU, nn.Tanh, nn.Hardsigmoid, nn.Hardswish, nn.GELU,
+        lambda: nn.GELU(approximate="tanh"), lambda: nn.LeakyReLU(0.1),
+        lambda: nn.Hardtanh(-0.5, 1.5), nn.PReLU, lambda: nn.PReLU(c.channels), nn.Softsign,
+        nn.Tanhshrink, lambda: nn.Hardshrink(0.3),
+        # ELU, SELU, CELU, Softplus, Mish, LogSigmoid: capture has no lowering for aten.elu,
+        # aten.expm1 or aten.log1p (yet).
+    ]))
+    return c.module(make_act())
+
+
+@_torch_layer("math")
+def _t_math(c: _TorchCtx) -> _Built:
+    """Unary math as models write it, domain-safe: exp(-|x|), sqrt(|x| + .5), x ** 2, ..."""
     torch = _torch()
-    nn, F = torch.nn, torch.nn.functional
-    x = vals[src]
-    shape, rank = tuple(x.shape), x.dim()
-    same = [i for i, v in enumerate(vals) if tuple(v.shape) == shape]
-    menu = ["act", "linear", "softmax", "layer_norm", "scalar", "add", "mul"]
-    if rank == 4:
-        menu += ["conv2d", "conv_transpose2d", "batch_norm2d", "max_pool2d", "avg_pool2d",
-                 "adaptive_avg_pool2d", "interpolate", "cat", "group_norm", "mean", "pad",
-                 "flatten", "nhwc_layer_norm"]
-        if shape[1] % 4 == 0 and max(shape[2:]) * 2 <= MAX_DIM:
-            menu.append("pixel_shuffle")
-    if rank == 3:
-        menu += ["conv1d", "attention", "slice", "transpose"]
-    if rank == 2:
-        menu += ["batch_norm1d"]
-    if shape[-1] % 2 == 0:
-        menu.append("glu")
-    kind = draw(st.sampled_from(menu))
-    c = shape[1] if rank > 1 else 1
-    module = None
+    name, fn = c.draw(st.sampled_from([
+        ("exp", lambda t: torch.exp(-t.abs())), ("sqrt", lambda t: torch.sqrt(t.abs() + 0.5)),
+        ("rsqrt", lambda t: torch.rsqrt(t.abs() + 0.5)), ("log", lambda t: torch.log(t.abs() + 1)),
+        ("square", lambda t: t.pow(2)), ("reciprocal", lambda t: 1 / (t.abs() + 1)),
+        ("erf", torch.erf), ("neg", torch.neg), ("clamp", lambda t: t.clamp(-0.3, 0.8)),
+        ("clamp_min", lambda t: t.clamp(min=0.2)),
+    ]))
+    return c.fn(fn, name)
 
-    def conv_params(spatial: Sequence[int]) -> dict[str, Any]:
-        groups = draw(st.sampled_from(sorted({1, c, *_divisors(c)})))
-        out = groups * draw(st.integers(1, max(1, MAX_CHANNELS // groups)))
-        k = draw(st.integers(1, 3))
-        d = draw(st.integers(1, 2)) if min(spatial) > 2 * k else 1
-        if draw(st.booleans()):
-            s, p = 1, "same"
-        else:
-            s = draw(st.integers(1, 2))
-            span = d * (k - 1) + 1
-            need = max(0, -(-(span - min(spatial)) // 2))
-            p = draw(st.integers(need, max(need, span // 2)))
-        return dict(in_channels=c, out_channels=out, kernel_size=k, stride=s, padding=p,
-                    dilation=d, groups=groups, bias=draw(st.booleans()))
 
-    if kind == "act":
-        module = draw(_torch_activation(c))
-    elif kind == "linear":
-        module = nn.Linear(shape[-1], draw(st.integers(1, MAX_CHANNELS)), bias=draw(st.booleans()))
-    elif kind == "softmax":
-        dim = draw(st.integers(-rank, rank - 1))
-        fn = draw(st.sampled_from([F.softmax, F.log_softmax]))
-        return (lambda t: fn(t, dim=dim)), (src,), None, f"{fn.__name__}({dim})"
-    elif kind == "layer_norm":
-        module = _torch_norm_stats(nn.LayerNorm(shape[-1]), gen)
-    elif kind == "scalar":
-        a, b = draw(st.floats(-2, 2, width=32)), draw(st.floats(-2, 2, width=32))
-        return (lambda t: t * a + b), (src,), None, f"*{a}+{b}"
-    elif kind in ("add", "mul"):
-        other = draw(st.sampled_from(same))
-        if kind == "add":
-            return (lambda t, u: t + u), (src, other), None, "add"
-        return (lambda t, u: t * torch.sigmoid(u)), (src, other), None, "gate"
-    elif kind == "conv2d":
-        module = nn.Conv2d(**conv_params(shape[2:]))
-    elif kind == "conv1d":
-        module = nn.Conv1d(**conv_params(shape[2:]))
-    elif kind == "conv_transpose2d":
-        groups = draw(st.sampled_from(_divisors(c)))
-        k, s = draw(st.integers(1, 3)), draw(st.integers(1, 2))
-        if max(shape[2:]) * s + k > MAX_DIM:
-            s = 1
-        module = nn.ConvTranspose2d(c, groups * draw(st.integers(1, 2)), k, s,
-                                    padding=draw(st.integers(0, (k - 1) // 2)),
-                                    output_padding=draw(st.integers(0, s - 1)), groups=groups)
-    elif kind == "batch_norm2d":
-        module = _torch_norm_stats(nn.BatchNorm2d(c), gen)
-    elif kind == "batch_norm1d":
-        module = _torch_norm_stats(nn.BatchNorm1d(c), gen)
-    elif kind == "group_norm":
-        module = _torch_norm_stats(nn.GroupNorm(draw(st.sampled_from(_divisors(c))), c), gen)
-    elif kind == "nhwc_layer_norm":  # ConvNeXt: permute to channels-last, norm, permute back
-        norm = _torch_norm_stats(nn.LayerNorm(c), gen)
-        return ((lambda t: norm(t.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)), (src,), norm,
-                "nhwc_layer_norm")
-    elif kind in ("max_pool2d", "avg_pool2d"):
-        k = draw(st.integers(1, min(3, *shape[2:])))
-        kw: dict[str, Any] = dict(kernel_size=k, stride=draw(st.integers(1, 3)),
-                                  padding=draw(st.integers(0, k // 2)),
-                                  ceil_mode=draw(st.booleans()))
-        if kind == "max_pool2d":
-            module = nn.MaxPool2d(**kw)
-        else:
-            module = nn.AvgPool2d(**kw, count_include_pad=draw(st.booleans()))
-    elif kind == "adaptive_avg_pool2d":
-        size = tuple(draw(st.integers(1, s + 1)) for s in shape[2:])
-        module = nn.AdaptiveAvgPool2d(size)
-    elif kind == "interpolate":
-        mode = draw(st.sampled_from(["nearest", "bilinear"]))
-        align = draw(st.booleans()) if mode == "bilinear" else None
-        if draw(st.booleans()) and max(shape[2:]) * 2 <= MAX_DIM:
-            scale = 2.0
-            return ((lambda t: F.interpolate(t, scale_factor=scale, mode=mode,
-                                              align_corners=align)), (src,), None,
-                    f"interpolate({mode}, x{scale})")
-        size = tuple(draw(st.integers(1, MAX_DIM)) for _ in shape[2:])
-        return ((lambda t: F.interpolate(t, size=size, mode=mode, align_corners=align)),
-                (src,), None, f"interpolate({mode}, {size})")
-    elif kind == "pixel_shuffle":
-        module = nn.PixelShuffle(2)
-    elif kind == "cat":
-        fits = [i for i, v in enumerate(vals) if v.dim() == 4 and v.shape[0] == shape[0]
-                and v.shape[2:] == shape[2:]]
-        other = draw(st.sampled_from(fits))
-        return (lambda t, u: torch.cat([t, u], dim=1)), (src, other), None, "cat"
-    elif kind == "mean":
-        keep = draw(st.booleans())
-        fn = draw(st.sampled_from([torch.mean, torch.amax]))
-        return (lambda t: fn(t, dim=(2, 3), keepdim=keep)), (src,), None, f"{fn.__name__}"
-    elif kind == "pad":
-        pads = tuple(draw(st.integers(0, 2)) for _ in range(4))
-        value = draw(st.floats(-1, 1, width=32))
-        return (lambda t: F.pad(t, pads, value=value)), (src,), None, f"pad{pads}"
-    elif kind == "flatten":
-        return (lambda t: torch.flatten(t, 1)), (src,), None, "flatten"
-    elif kind == "slice":
-        start = draw(st.integers(0, shape[1] - 1))
-        return (lambda t: t[:, start:, ::2]), (src,), None, f"slice({start})"
-    elif kind == "transpose":
-        return (lambda t: t.transpose(1, 2)), (src,), None, "transpose"
-    elif kind == "attention":
-        module = _Attention(shape[-1], draw(st.integers(1, MAX_CHANNELS)))
-    elif kind == "glu":
-        return (lambda t: F.glu(t, dim=-1)), (src,), None, "glu"
-    return module, (src,), module, type(module).__name__
+@_torch_layer("scale_shift")
+def _t_scale_shift(c: _TorchCtx) -> _Built:
+    a, b = c.draw(st.floats(-2, 2, width=32)), c.draw(st.floats(-2, 2, width=32))
+    return c.fn(lambda t: t * a + b, f"*{a}+{b}")
+
+
+@_torch_layer("binary")
+def _t_binary(c: _TorchCtx) -> _Built:
+    """x op y for an earlier y of the same shape: residual add, gating, max, safe division..."""
+    torch = _torch()
+    same = [i for i, v in enumerate(c.vals) if tuple(v.shape) == c.shape]
+    other = c.draw(st.sampled_from(same))
+    name, fn = c.draw(st.sampled_from([
+        ("add", lambda t, u: t + u), ("sub", lambda t, u: t - u),
+        ("gate", lambda t, u: t * torch.sigmoid(u)), ("maximum", torch.maximum),
+        ("minimum", torch.minimum), ("div", lambda t, u: t / (u.abs() + 0.5)),
+        ("where", lambda t, u: torch.where(t > 0.1, t, u)),
+        ("masked_fill", lambda t, u: t.masked_fill(u > 0.5, -1.0)),
+    ]))
+    return c.fn(fn, name, other)
+
+
+@_torch_layer("linear")
+def _t_linear(c: _TorchCtx) -> _Built:
+    nn = _torch().nn
+    fout = c.draw(st.integers(1, MAX_CHANNELS))
+    return c.module(nn.Linear(c.shape[-1], fout, bias=c.draw(st.booleans())))
+
+
+@_torch_layer("softmax")
+def _t_softmax(c: _TorchCtx) -> _Built:
+    F = _torch().nn.functional
+    dim = c.draw(st.integers(-len(c.shape), len(c.shape) - 1))
+    fn = c.draw(st.sampled_from([F.softmax, F.log_softmax]))
+    return c.fn(lambda t: fn(t, dim=dim), f"{fn.__name__}({dim})")
+
+
+@_torch_layer("layer_norm")
+def _t_layer_norm(c: _TorchCtx) -> _Built:
+    nn = _torch().nn
+    ndim = c.draw(st.integers(1, min(2, len(c.shape))))
+    return c.module(_norm_stats(nn.LayerNorm(c.shape[-ndim:]), c.gen))
+
+
+@_torch_layer("reduce", lambda s: len(s) >= 2)
+def _t_reduce(c: _TorchCtx) -> _Built:
+    torch = _torch()
+    rank = len(c.shape)
+    dims = tuple(c.draw(st.lists(st.integers(1, rank - 1), min_size=1, unique=True)))
+    keep = c.draw(st.booleans())
+    fn = c.draw(st.sampled_from([torch.mean, torch.sum, torch.amax, torch.amin]))
+    return c.fn(lambda t: fn(t, dim=dims, keepdim=keep), f"{fn.__name__}{dims}")
+
+
+@_torch_layer("expand_back", lambda s: len(s) >= 2)
+def _t_expand_back(c: _TorchCtx) -> _Built:
+    """x - mean over an axis, broadcast back (expand_as): centring as normalisations write it."""
+    dim = c.draw(st.integers(1, len(c.shape) - 1))
+    return c.fn(lambda t: t - t.mean(dim, keepdim=True).expand_as(t), f"center({dim})")
+
+
+@_torch_layer("glu", lambda s: any(d % 2 == 0 for d in s[1:]))
+def _t_glu(c: _TorchCtx) -> _Built:
+    F = _torch().nn.functional
+    dim = c.draw(st.sampled_from([d for d in range(1, len(c.shape)) if c.shape[d] % 2 == 0]))
+    return c.fn(lambda t: F.glu(t, dim=dim), f"glu({dim})")
+
+
+@_torch_layer("slice", lambda s: len(s) >= 2)
+def _t_slice(c: _TorchCtx) -> _Built:
+    """Basic indexing: a strided slice, select, chunk/split, or a constant index list."""
+    torch = _torch()
+    dim = c.draw(st.integers(1, len(c.shape) - 1))
+    size = c.shape[dim]
+    kind = c.draw(st.sampled_from(["slice", "select", "chunk", "index"]))
+    lead = (slice(None),) * dim
+    if kind == "slice":
+        start, step = c.draw(st.integers(0, size - 1)), c.draw(st.integers(1, 2))
+        return c.fn(lambda t: t[(*lead, slice(start, None, step))], f"[{start}::{step}]@{dim}")
+    if kind == "select" and len(c.shape) > 2:
+        i = c.draw(st.integers(-size, size - 1))
+        return c.fn(lambda t: t.select(dim, i), f"select({dim}, {i})")
+    if kind == "chunk" and size >= 2:
+        k = c.draw(st.integers(0, 1))
+        return c.fn(lambda t: torch.chunk(t, 2, dim=dim)[k], f"chunk({dim})[{k}]")
+    idx = c.draw(st.lists(st.integers(-size, size - 1), min_size=1, max_size=4))
+    return c.fn(lambda t: t[(*lead, torch.tensor(idx))], f"index{idx}@{dim}")
+
+
+@_torch_layer("permute", lambda s: len(s) >= 3)
+def _t_permute(c: _TorchCtx) -> _Built:
+    perm = (0, *c.draw(st.permutations(range(1, len(c.shape)))))
+    return c.fn(lambda t: t.permute(perm), f"permute{perm}")
+
+
+@_torch_layer("reshape", lambda s: len(s) >= 3)
+def _t_reshape(c: _TorchCtx) -> _Built:
+    torch = _torch()
+    name, fn = c.draw(st.sampled_from([
+        ("flatten", lambda t: torch.flatten(t, 1)), ("flatten_last", lambda t: t.flatten(-2)),
+        ("stack", lambda t: torch.stack([t, -t], 1).flatten(1, 2)),
+    ]))
+    return c.fn(fn, name)
+
+
+@_torch_layer("matmul", lambda s: len(s) >= 3)
+def _t_matmul(c: _TorchCtx) -> _Built:
+    """x @ x^T (a Gram matrix, as attention scores) scaled to stay O(1)."""
+    scale = 1 / c.shape[-1]
+    return c.fn(lambda t: (t @ t.transpose(-1, -2)) * scale, "gram")
+
+
+@_torch_layer("attention", _rank(3))
+def _t_attention(c: _TorchCtx) -> _Built:
+    return c.module(_attention_class()(c.shape[-1], c.draw(st.integers(1, MAX_CHANNELS))))
+
+
+def _conv_kwargs(c: _TorchCtx) -> dict[str, Any]:
+    channels, spatial = c.channels, c.shape[2:]
+    groups = c.draw(st.sampled_from(sorted({1, channels, *_divisors(channels)})))
+    k = c.draw(st.integers(1, 3))
+    d = c.draw(st.integers(1, 2)) if min(spatial) > 2 * k else 1
+    if c.draw(st.booleans()):
+        stride, padding = 1, "same"
+    else:
+        stride = c.draw(st.integers(1, 2))
+        span = d * (k - 1) + 1
+        pads = []
+        for size in spatial:  # per axis, at least enough for one output
+            need = max(0, -(-(span - size) // 2))
+            pads.append(c.draw(st.integers(need, max(need, span // 2))))
+        padding = tuple(pads)
+    return dict(in_channels=channels, kernel_size=k, stride=stride, padding=padding, dilation=d,
+                groups=groups, bias=c.draw(st.booleans()),
+                out_channels=groups * c.draw(st.integers(1, max(1, MAX_CHANNELS // groups))))
+
+
+@_torch_layer("conv2d", _rank(4))
+def _t_conv2d(c: _TorchCtx) -> _Built:
+    return c.module(_torch().nn.Conv2d(**_conv_kwargs(c)))
+
+
+@_torch_layer("conv1d", _rank(3))
+def _t_conv1d(c: _TorchCtx) -> _Built:
+    return c.module(_torch().nn.Conv1d(**_conv_kwargs(c)))
+
+
+@_torch_layer("conv_transpose2d", _rank(4))
+def _t_conv_transpose2d(c: _TorchCtx) -> _Built:
+    nn = _torch().nn
+    groups = c.draw(st.sampled_from(_divisors(c.channels)))
+    k, d = c.draw(st.integers(1, 3)), c.draw(st.integers(1, 2))
+    s = c.draw(st.integers(1, 2)) if max(c.shape[2:]) * 2 + 2 * k <= MAX_DIM else 1
+    return c.module(nn.ConvTranspose2d(
+        c.channels, groups * c.draw(st.integers(1, 2)), k, s,
+        padding=c.draw(st.integers(0, d * (k - 1) // 2)),
+        output_padding=c.draw(st.integers(0, max(s, d) - 1)), groups=groups, dilation=d,
+        bias=c.draw(st.booleans())))
+
+
+@_torch_layer("batch_norm", lambda s: len(s) in (2, 3, 4))
+def _t_batch_norm(c: _TorchCtx) -> _Built:
+    nn = _torch().nn
+    cls = nn.BatchNorm2d if len(c.shape) == 4 else nn.BatchNorm1d
+    return c.module(_norm_stats(cls(c.channels), c.gen))
+
+
+@_torch_layer("group_norm", lambda s: len(s) >= 3 and math.prod(s[1:]) > 1)
+def _t_group_norm(c: _TorchCtx) -> _Built:
+    nn = _torch().nn
+    per_channel = math.prod(c.shape[2:])
+    # torch refuses groups of a single value
+    groups = c.draw(st.sampled_from([g for g in _divisors(c.channels)
+                                     if c.channels // g * per_channel > 1]))
+    return c.module(_norm_stats(nn.GroupNorm(groups, c.channels), c.gen))
+
+
+@_torch_layer("nhwc_layer_norm", _rank(4))
+def _t_nhwc_layer_norm(c: _TorchCtx) -> _Built:
+    """ConvNeXt's norm: permute to channels-last, layer norm over C, permute back."""
+    norm = _norm_stats(_torch().nn.LayerNorm(c.channels), c.gen)
+    return (lambda t: norm(t.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)), (c.src,), norm, "nhwc_norm"
+
+
+@_torch_layer("pool2d", _rank(4))
+def _t_pool2d(c: _TorchCtx) -> _Built:
+    """Max/avg pooling with padding up to half the kernel, ceil_mode, count_include_pad, and
+    (max) dilation without padding, so that no window is all padding."""
+    nn = _torch().nn
+    k = c.draw(st.integers(1, min(3, *c.shape[2:])))
+    kw: dict[str, Any] = dict(kernel_size=k, stride=c.draw(st.integers(1, 3)),
+                              ceil_mode=c.draw(st.booleans()))
+    if c.draw(st.booleans()):
+        dilation = 2 if min(c.shape[2:]) >= 2 * k - 1 and c.draw(st.booleans()) else 1
+        return c.module(nn.MaxPool2d(**kw, dilation=dilation,
+                                     padding=0 if dilation > 1 else c.draw(st.integers(0, k // 2))))
+    return c.module(nn.AvgPool2d(**kw, padding=c.draw(st.integers(0, k // 2)),
+                                 count_include_pad=c.draw(st.booleans())))
+
+
+@_torch_layer("pool1d", _rank(3))
+def _t_pool1d(c: _TorchCtx) -> _Built:
+    F = _torch().nn.functional
+    k = c.draw(st.integers(1, min(3, c.shape[2])))
+    s, p, ceil = c.draw(st.integers(1, 2)), c.draw(st.integers(0, k // 2)), c.draw(st.booleans())
+    fn = c.draw(st.sampled_from([F.max_pool1d, F.avg_pool1d]))
+    return c.fn(lambda t: fn(t, k, s, p, ceil_mode=ceil), f"{fn.__name__}({k}, {s}, {p})")
+
+
+@_torch_layer("adaptive_avg_pool2d", _rank(4))
+def _t_adaptive(c: _TorchCtx) -> _Built:
+    size = tuple(c.draw(st.integers(1, s + 1)) for s in c.shape[2:])
+    return c.module(_torch().nn.AdaptiveAvgPool2d(size))
+
+
+@_torch_layer("interpolate", _rank(4))
+def _t_interpolate(c: _TorchCtx) -> _Built:
+    F = _torch().nn.functional
+    mode = c.draw(st.sampled_from(["nearest", "bilinear"]))
+    align = c.draw(st.booleans()) if mode == "bilinear" else None
+    scales = [f for f in (2.0, 0.5, 1.5, 3.0)
+              if all(1 <= math.floor(s * f) <= MAX_DIM for s in c.shape[2:])]
+    if scales and c.draw(st.booleans()):
+        f = c.draw(st.sampled_from(scales))
+        return c.fn(lambda t: F.interpolate(t, scale_factor=f, mode=mode, align_corners=align),
+                    f"interpolate({mode}, x{f}, {align})")
+    size = tuple(c.draw(st.integers(1, MAX_DIM)) for _ in c.shape[2:])
+    return c.fn(lambda t: F.interpolate(t, size=size, mode=mode, align_corners=align),
+                f"interpolate({mode}, {size}, {align})")
+
+
+@_torch_layer("pixel_shuffle", lambda s: len(s) == 4 and s[1] % 4 == 0
+              and max(s[2:]) * 2 <= MAX_DIM)
+def _t_pixel_shuffle(c: _TorchCtx) -> _Built:
+    return c.module(_torch().nn.PixelShuffle(2))
+
+
+@_torch_layer("pixel_unshuffle", lambda s: len(s) == 4 and s[2] % 2 == 0 and s[3] % 2 == 0)
+def _t_pixel_unshuffle(c: _TorchCtx) -> _Built:
+    return c.module(_torch().nn.PixelUnshuffle(2))
+
+
+@_torch_layer("cat", lambda s: len(s) >= 2)
+def _t_cat(c: _TorchCtx) -> _Built:
+    torch = _torch()
+    dim = c.draw(st.integers(1, len(c.shape) - 1))
+    fits = [i for i, v in enumerate(c.vals) if v.dim() == len(c.shape)
+            and all(a == b for j, (a, b) in enumerate(zip(v.shape, c.shape, strict=True))
+                    if j != dim)]
+    other = c.draw(st.sampled_from(fits))
+    return c.fn(lambda t, u: torch.cat([t, u], dim=dim), f"cat({dim})", other)
+
+
+@_torch_layer("pad", lambda s: len(s) >= 3)
+def _t_pad(c: _TorchCtx) -> _Built:
+    """Asymmetric constant padding of the last one or two axes."""
+    F = _torch().nn.functional
+    pads = tuple(c.draw(st.integers(0, 2)) for _ in range(2 * min(2, len(c.shape) - 2)))
+    value = c.draw(st.floats(-1, 1, width=32))
+    return c.fn(lambda t: F.pad(t, pads, value=value), f"pad{pads}")
 
 
 def _attention_class() -> Any:
@@ -1177,32 +1378,40 @@ def _attention_class() -> Any:
     return Attention
 
 
-def _Attention(channels: int, dim: int) -> Any:  # noqa: N802 - reads as a module constructor
-    return _attention_class()(channels, dim)
+TORCH_LAYERS = tuple(_TORCH_LAYERS)
 
 
 @st.composite
-def torch_models(draw: st.DrawFn, *, max_layers: int = 6) -> tuple[Any, tuple[Any, ...]]:
-    """A random small torch module in eval mode and an example input: a DAG of conv, BN (with
-    random statistics), linear, activations, pooling, interpolate, pixel_shuffle, cat, residual
-    add, softmax, layer/group norm, attention... on an NCHW or (N, L, C) input."""
+def torch_models(draw: st.DrawFn, *, max_layers: int = 6, layers: Sequence[str] = TORCH_LAYERS
+                 ) -> tuple[Any, tuple[Any, ...]]:
+    """A random small torch module in eval mode and an example input: a DAG of `layers`
+    (default all of TORCH_LAYERS: conv incl. groups/dilation/'same', BN with random statistics,
+    linear, activations, pooling, interpolate, pixel_shuffle, cat, residual add, softmax,
+    layer/group norm, attention, indexing...) on an NCHW, NCL or (N, L, C) input."""
     torch = _torch()
-    shape = draw(tensor_types(draw(st.sampled_from(["nchw", "nchw", "nlc"])))).shape
-    x = torch.from_numpy(draw(weights(shape, INPUT_BOUND)))
+    shape = draw(tensor_types(draw(st.sampled_from(["nchw", "nchw", "ncl", "nlc"])))).shape
+    # Dense random inputs, never Hypothesis's near-constant arrays: KNOWN BUG 10 (npuc's layer
+    # and group norm of a constant group are off by ~1e-4, where torch is exact).
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = torch.from_numpy(rng.uniform(-INPUT_BOUND, INPUT_BOUND, shape).astype(np.float32))
     torch.manual_seed(draw(st.integers(0, 2**32 - 1)))  # parameter initialisation
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
     vals, steps, modules = [x], [], []
     with torch.no_grad():
-        for _ in range(draw(st.integers(1, max_layers))):
+        for _ in range(draw(st.one_of(st.just(max_layers), st.integers(1, max_layers)))):
             src = draw(st.one_of(st.just(len(vals) - 1), st.integers(0, len(vals) - 1)))
-            fn, args, module, label = draw(_torch_step(vals, src, gen))
+            shape = tuple(vals[src].shape)
+            usable = [name for name in layers if _TORCH_LAYERS[name][0](shape)]
+            name = draw(st.sampled_from(usable))
+            fn, args, module, label = _TORCH_LAYERS[name][1](_TorchCtx(draw, vals, src, gen))
             if module is not None:
                 module.eval()
             out = fn(*(vals[i] for i in args))
-            if out.numel() == 0 or out.numel() > MAX_ELEMENTS or not torch.isfinite(out).all():
+            if not 0 < out.numel() <= MAX_ELEMENTS or not torch.isfinite(out).all():
                 continue
-            if module is not None:
-                modules.append(module)
+            if out.abs().max() > MAX_BOUND:  # keep magnitudes moderate, as in real models
+                continue
+            modules += [module] if module is not None else []
             steps.append(_Step(fn, args, label))
             vals.append(out)
     if not steps:
