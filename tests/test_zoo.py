@@ -81,3 +81,16 @@ def test_constant_subgraphs_fold_away() -> None:
     graph = npuc.capture(Masked(), (x,))
     assert not {"triu", "ge", "lt", "arange", "full"} & {n.op for n in graph.nodes}
     assert rel_error(npuc.interpret(graph, x)[0], Masked()(x).numpy()) <= 1e-6
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_default_pipeline_reaches_inference_structure(name: str) -> None:
+    """The npu-int8 pipeline (folding, branch merging, clean-up) keeps every model's outputs and
+    leaves no batch_norm and no foldable branch behind."""
+    model, inputs = ZOO[name]()
+    cm = npuc.compile(model, inputs, target="npu-int8", debug=True)
+    assert rel_error(cm.run(*inputs), _reference(model, inputs)) <= 1e-5
+    assert not any(n.op == "batch_norm" for n in cm.ir.nodes)
+    captured_convs = sum(n.op == "conv" for n in cm.stages["captured"].nodes)
+    if name == "repvgg_block":  # three branches, one conv at inference time
+        assert captured_convs == 2 and sum(n.op == "conv" for n in cm.ir.nodes) == 1
