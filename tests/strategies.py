@@ -1390,10 +1390,7 @@ def torch_models(draw: st.DrawFn, *, max_layers: int = 6, layers: Sequence[str] 
     layer/group norm, attention, indexing...) on an NCHW, NCL or (N, L, C) input."""
     torch = _torch()
     shape = draw(tensor_types(draw(st.sampled_from(["nchw", "nchw", "ncl", "nlc"])))).shape
-    # Dense random inputs, never Hypothesis's near-constant arrays: KNOWN BUG 10 (npuc's layer
-    # and group norm of a constant group are off by ~1e-4, where torch is exact).
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    x = torch.from_numpy(rng.uniform(-INPUT_BOUND, INPUT_BOUND, shape).astype(np.float32))
+    x = torch.from_numpy(draw(weights(shape, INPUT_BOUND)))
     torch.manual_seed(draw(st.integers(0, 2**32 - 1)))  # parameter initialisation
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
     vals, steps, modules = [x], [], []

@@ -318,6 +318,9 @@ def _pool_out(shape: tuple[int, ...], attrs: Attrs) -> tuple[int, ...]:
     nsp = len(k)
     if len(shape) != nsp + 2 or (len(st), len(dil), len(pad)) != (nsp, nsp, 2 * nsp):
         raise OpTypeError(f"pool: {nsp}-d kernel on a rank-{len(shape)} input")
+    for i in range(nsp):  # PyTorch's rule, which also keeps ceil_mode's last window well defined
+        if max(pad[2 * i], pad[2 * i + 1]) > (dil[i] * (k[i] - 1) + 1) // 2:
+            raise OpTypeError(f"pool: padding {pad} exceeds half the kernel {k}")
     out = tuple(_spatial_out(shape[2 + i], k[i], st[i], pad[2 * i], pad[2 * i + 1], dil[i],
                              attrs["ceil_mode"]) for i in range(nsp))
     if min(out) < 1:

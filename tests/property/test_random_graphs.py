@@ -516,3 +516,11 @@ def test_bug14_conv_transpose_to_nothing() -> None:
     w = const(np.ones((1, 1, 1), np.float32))
     attrs = {"stride": [1], "padding": [1, 0], "dilation": [1], "output_padding": [0]}
     _contract("conv_transpose", TensorType((1, 1, 1), F32), attrs, others=(w,))
+
+
+def test_bug15_ceil_mode_pool_with_wide_padding() -> None:
+    # the type drops the last window, which starts in the right padding (PyTorch's ceil_mode
+    # rule), but the impl slides over the whole padded input and computes it (PyTorch itself
+    # refuses padding over half the kernel)
+    attrs = {"kernel": [1], "stride": [2], "padding": [0, 2], "dilation": [1], "ceil_mode": True}
+    _contract("max_pool", TensorType((1, 1, 1), F32), attrs)
