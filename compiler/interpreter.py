@@ -53,9 +53,9 @@ def interpret(graph: Graph, *inputs: object,
             result = OPS[node.op].impl(node.attrs, *args)
         except Exception as e:
             raise InterpreterError(f"{node.op} at {node.loc or '?'} failed: {e}") from e
-        if result.shape != node.shape:
-            raise InterpreterError(f"{node.op} at {node.loc or '?'} gave shape {result.shape}, "
-                                   f"its type says {node.shape}")
+        if result.shape != node.shape or result.dtype != node.dtype.numpy:
+            raise InterpreterError(f"{node.op} at {node.loc or '?'} gave {result.shape} "
+                                   f"{result.dtype}, its type says {node.shape} {node.dtype}")
         env[node] = result
         if observe is not None:
             observe(node, result)

@@ -689,6 +689,14 @@ def permute_layer(draw: st.DrawFn, x: Value, pool: Pool = (), loc: str | None = 
 
 
 @st.composite
+def flip_layer(draw: st.DrawFn, x: Value, pool: Pool = (), loc: str | None = None) -> Value:
+    """Reverse a random non-empty set of axes (negative axes included)."""
+    axes = draw(st.lists(st.integers(0, x.rank - 1), min_size=1, max_size=x.rank, unique=True))
+    axes = [a - x.rank if draw(st.booleans()) else a for a in axes]
+    return Value(make("flip", [x.node], {"axes": axes}, loc), x.bound)
+
+
+@st.composite
 def slice_layer(draw: st.DrawFn, x: Value, pool: Pool = (), loc: str | None = None) -> Value:
     """A non-empty slice along any axis: negative axis/start/end, steps 1-3, and ends past the
     size (as torch records `x[1:]`)."""
@@ -819,6 +827,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            ("pixel_shuffle", "conv")),
     Family("reshape", reshape_layer, lambda v: True, ("reshape",)),
     Family("permute", permute_layer, lambda v: v.rank >= 2, ("permute",)),
+    Family("flip", flip_layer, lambda v: v.rank >= 1, ("flip",)),
     Family("slice", slice_layer, lambda v: v.rank >= 1, ("slice",)),
     Family("concat", concat_layer, lambda v: v.rank >= 1, ("concat",)),
     Family("pad", pad_layer, lambda v: v.rank >= 1, ("pad",)),

@@ -117,7 +117,7 @@ def test_resize(mode, align_corners, size, scale) -> None:
     ("gelu", lambda x: F.gelu(x)), ("silu", F.silu), ("sigmoid", torch.sigmoid),
     ("tanh", torch.tanh), ("hardswish", F.hardswish), ("hardsigmoid", F.hardsigmoid),
     ("relu", F.relu), ("exp", torch.exp), ("neg", torch.neg), ("abs", torch.abs),
-    ("erf", torch.erf),
+    ("erf", torch.erf), ("expm1", torch.expm1), ("elu", F.elu),
 ])
 def test_unary(op: str, fn) -> None:
     x = rand(4, 33) * 4
@@ -126,6 +126,12 @@ def test_unary(op: str, fn) -> None:
 
 def test_gelu_tanh_and_leaky_and_clamp() -> None:
     x = rand(5, 7) * 3
+    np.testing.assert_allclose(run("log1p", {}, np.abs(x)), torch.log1p(t(np.abs(x))).numpy(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(run("elu", {"alpha": 1.6732632423543772,
+                                           "scale": 1.0507009873554805}, x),
+                               F.selu(t(x)).numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(run("flip", {"axes": (0, -1)}, x), x[::-1, ::-1])
     np.testing.assert_allclose(run("gelu", {"approximate": "tanh"}, x),
                                F.gelu(t(x), approximate="tanh").numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(run("leaky_relu", {"alpha": 0.2}, x),

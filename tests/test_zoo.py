@@ -94,3 +94,23 @@ def test_default_pipeline_reaches_inference_structure(name: str) -> None:
     captured_convs = sum(n.op == "conv" for n in cm.stages["captured"].nodes)
     if name == "repvgg_block":  # three branches, one conv at inference time
         assert captured_convs == 2 and sum(n.op == "conv" for n in cm.ir.nodes) == 1
+
+
+class MoreOps(torch.nn.Module):
+    """Activations and reductions that decompose to elu, log1p, expm1, flip, index_select, var
+    and vector norms."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        F = torch.nn.functional
+        y = F.elu(x) + F.selu(x) + F.celu(x, 0.5) + F.softplus(x) + F.mish(x) + F.logsigmoid(x)
+        y = y + torch.flip(x, [1]) + x.index_select(1, torch.tensor([2, 0, 1, 1]))
+        return y * x.var(1, keepdim=True) + F.normalize(x, dim=1)
+
+
+def test_more_ops_capture() -> None:
+    x = torch.randn(3, 4) * 3
+    graph = npuc.capture(MoreOps(), (x,))
+    assert {"elu", "log1p", "flip", "gather", "sqrt"} <= {n.op for n in graph.nodes}
+    with torch.no_grad():
+        want = MoreOps()(x).numpy()
+    assert rel_error(npuc.interpret(graph, x)[0], want) <= 1e-5

@@ -91,6 +91,7 @@ for _name, _op in [("relu", "relu"), ("sigmoid", "sigmoid"), ("tanh", "tanh"), (
                    ("hardswish", "hardswish"), ("hardsigmoid", "hardsigmoid"), ("exp", "exp"),
                    ("log", "log"), ("sqrt", "sqrt"), ("rsqrt", "rsqrt"), ("neg", "neg"),
                    ("abs", "abs"), ("erf", "erf"), ("reciprocal", "reciprocal"),
+                   ("log1p", "log1p"), ("expm1", "expm1"),
                    ("logical_not", "logical_not")]:
     register_converter(f"aten.{_name}.default")(_unary(_op))
 
@@ -98,6 +99,13 @@ for _name, _op in [("relu", "relu"), ("sigmoid", "sigmoid"), ("tanh", "tanh"), (
 @register_converter("aten.gelu.default")
 def _gelu(ctx: Context, x: Node, approximate: str = "none") -> Node:
     return ctx.make("gelu", [x], approximate=approximate)
+
+
+@register_converter("aten.elu.default")
+def _elu(ctx: Context, x: Node, alpha: float = 1.0, scale: float = 1.0,
+         input_scale: float = 1.0) -> Node:
+    return ctx.make("elu", [x], alpha=float(alpha), scale=float(scale),
+                    input_scale=float(input_scale))
 
 
 @register_converter("aten.leaky_relu.default")
@@ -320,6 +328,16 @@ def _pixel_shuffle(ctx: Context, x: Node, factor: int) -> Node:
     return ctx.make("pixel_shuffle", [x], factor=factor)
 
 
+@register_converter("aten.flip.default")
+def _flip(ctx: Context, x: Node, dims: list[int]) -> Node:
+    return ctx.make("flip", [x], axes=[d % len(x.shape) for d in dims])
+
+
+@register_converter("aten.index_select.default")
+def _index_select(ctx: Context, x: Node, dim: int, ids: Node) -> Node:
+    return ctx.make("gather", [x, ids], axis=dim % len(x.shape))
+
+
 @register_converter("aten.embedding.default")
 def _embedding(ctx: Context, table: Node, ids: Node, *args: Any) -> Node:
     return ctx.make("gather", [table, ids], axis=0)
@@ -341,6 +359,27 @@ register_converter("aten.mean.dim", "aten.mean.default")(_reduce("mean"))
 register_converter("aten.sum.dim_IntList", "aten.sum.default")(_reduce("sum"))
 register_converter("aten.amax.default", "aten.any.dim", "aten.any.dims")(_reduce("amax"))
 register_converter("aten.amin.default", "aten.all.dim")(_reduce("amin"))
+
+
+@register_converter("aten.var.correction")
+def _var(ctx: Context, x: Node, dims: list[int] | None = None, *, correction: float = 1,
+         keepdim: bool = False) -> Node:
+    """sum((x - mean)^2) / (n - correction), from mean, sub, mul, sum and div."""
+    axes = list(range(len(x.shape))) if not dims else [d % len(x.shape) for d in dims]
+    centred = ctx.make("sub", [x, ctx.make("mean", [x], axes=axes, keepdim=True)])
+    total = ctx.make("sum", [ctx.make("mul", [centred, centred])], axes=axes, keepdim=keepdim)
+    count = int(np.prod([x.shape[a] for a in axes])) - (correction or 0)
+    return ctx.make("div", [total, ctx.operand(float(count), x.dtype)])
+
+
+@register_converter("aten.linalg_vector_norm.default")
+def _vector_norm(ctx: Context, x: Node, ord: float = 2, dims: list[int] | None = None,
+                 keepdim: bool = False, *, dtype: Any = None) -> Node:
+    if ord != 2:
+        raise ctx.unsupported(f"vector norm of order {ord}", "use the 2-norm")
+    axes = list(range(len(x.shape))) if not dims else [d % len(x.shape) for d in dims]
+    squares = ctx.make("sum", [ctx.make("mul", [x, x])], axes=axes, keepdim=keepdim)
+    return ctx.make("sqrt", [squares])
 
 
 # --- data movement ---------------------------------------------------------------------------

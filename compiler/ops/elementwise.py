@@ -118,7 +118,14 @@ _unary("hardsigmoid", lambda x, a: np.clip(x / np.float32(6) + np.float32(0.5), 
 _unary("hardswish", lambda x, a: x * np.clip(x + 3, 0, 6) / np.float32(6),
        "x * clamp(x + 3, 0, 6) / 6")
 _unary("exp", lambda x, a: np.exp(x), "exp(x)")
+_unary("expm1", lambda x, a: np.expm1(x), "exp(x) - 1, accurate near 0")
 _unary("log", lambda x, a: np.log(x), "natural log")
+_unary("log1p", lambda x, a: np.log1p(x), "log(1 + x), accurate near 0")
+_unary("elu", lambda x, a: np.float32(a["scale"]) * np.where(
+    x > 0, x, np.float32(a["alpha"]) * np.expm1(x * np.float32(a["input_scale"]))),
+    "scale * (x if x > 0 else alpha * (exp(x * input_scale) - 1)): ELU, SELU and CELU",
+    alpha=AttrSpec("float", 1.0), scale=AttrSpec("float", 1.0),
+    input_scale=AttrSpec("float", 1.0))
 _unary("sqrt", lambda x, a: np.sqrt(x), "square root")
 _unary("rsqrt", lambda x, a: 1 / np.sqrt(x), "1 / sqrt(x)")
 _unary("reciprocal", lambda x, a: 1 / x, "1 / x")

@@ -99,6 +99,19 @@ def slice_(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     return x[tuple(index)]
 
 
+def flip_type(types: list[TensorType], attrs: Attrs) -> TensorType:
+    axes = {_check_axis(a, types[0].rank) for a in attrs["axes"]}
+    if len(axes) != len(attrs["axes"]):
+        raise OpTypeError(f"flip: repeated axes {attrs['axes']}")
+    return TensorType(types[0].shape, types[0].dtype)
+
+
+@defop("flip", 1, flip_type, category="shape", attrs={"axes": AttrSpec("ints")})
+def flip(attrs: Attrs, x: np.ndarray) -> np.ndarray:
+    """Reverse the order of elements along `axes`."""
+    return np.flip(x, axis=tuple(attrs["axes"])).copy()
+
+
 def concat_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     first = types[0]
     if first.rank == 0:
