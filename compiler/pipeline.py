@@ -21,6 +21,11 @@ from .parser import parse_attrs
 PassFn = Callable[..., Graph]
 
 
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """'1 node', '3 nodes', '2 scales/biases': counts in pass reports."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
 @dataclass
 class PassContext:
     """What a pass may read besides the graph: the target, calibration data and options of the

@@ -3,6 +3,7 @@
 The algebra every exact re-parameterisation shares. With s, t per channel:
     fold_output_affine(L, s, t)(x) == L(x) * s + t          (s, t over L's output channels)
     fold_input_affine(L, s, t)(x)  == L(x * s + t)          (s, t over L's input channels)
+`channel_vector` reads a constant operand as such a per-channel vector, where it is one.
 The input form is exact only where every output sees every input tap: a padded conv pads the
 *transformed* input with zeros, so a shift t != 0 there is refused (returns None).
 Weights are recomputed in float64 and stored in the layer's dtype.
@@ -93,3 +94,19 @@ def fold_input_affine(node: Node, scale: np.ndarray, shift: np.ndarray,
     spatial = tuple(range(2, w.ndim))
     b = b + (w.sum(axis=spatial) * shift[per_out]).sum(axis=1)
     return _rebuild(node, x, w * s, b)
+
+
+def channel_vector(c: Node, shape: tuple[int, ...], axis: int) -> np.ndarray | None:
+    """The per-channel values (float64, one per index of `axis`) of constant `c` when `c`
+    broadcasts against a value of `shape` along `axis` only without growing it; else None."""
+    if not c.is_const or c.attrs.get("data") is None or not c.dtype.is_float:
+        return None
+    data = c.data
+    if data.ndim > len(shape):
+        return None
+    full = data.reshape((1,) * (len(shape) - data.ndim) + data.shape)
+    for i, (n, m) in enumerate(zip(full.shape, shape, strict=True)):
+        if n != 1 and (i != axis or n != m):
+            return None
+    target = tuple(shape[i] if i == axis else 1 for i in range(len(shape)))
+    return np.broadcast_to(full, target).reshape(-1).astype(np.float64)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from npuc.ir import Graph, Node
-from npuc.pipeline import PassContext, register_pass
+from npuc.pipeline import PassContext, plural, register_pass
 from npuc.rewrite import rewrite
 
 
@@ -39,5 +39,5 @@ def cse(graph: Graph, ctx: PassContext) -> Graph:
 
     result = rewrite(graph, dedupe)
     removed = len(graph.nodes) - len(result.nodes)
-    ctx.note(f"cse: merged {removed} duplicate node{'s' * (removed != 1)}")
+    ctx.note(f"cse: merged {plural(removed, 'duplicate node')}")
     return result

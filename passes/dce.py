@@ -13,7 +13,7 @@ Ensures: the same outputs; no slice reads exactly one operand of a concat.
 from __future__ import annotations
 
 from npuc.ir import Graph, Node
-from npuc.pipeline import PassContext, register_pass
+from npuc.pipeline import PassContext, plural, register_pass
 from npuc.rewrite import rewrite
 
 
@@ -38,5 +38,5 @@ def dce(graph: Graph, ctx: PassContext) -> Graph:
     """Remove dead nodes and dead operands of concats that are only sliced apart again."""
     result = rewrite(graph, _forward_slice, fixpoint=True)
     removed = len(graph.nodes) - len(result.nodes)
-    ctx.note(f"dce: removed {removed} dead node{'s' * (removed != 1)}")
+    ctx.note(f"dce: removed {plural(removed, 'dead node')}")
     return result

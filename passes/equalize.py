@@ -47,8 +47,13 @@ from npuc.ops import make
 from npuc.pipeline import PassContext, register_pass
 from npuc.rewrite import rewrite
 
-from .channel_affine import channel_axis, fold_input_affine, fold_output_affine, is_layer
-from .merge_linear import channel_vector, keep_bias_free
+from .channel_affine import (
+    channel_axis,
+    channel_vector,
+    fold_input_affine,
+    fold_output_affine,
+    is_layer,
+)
 
 _HOMOGENEOUS = ("relu", "leaky_relu", "prelu", "clamp", "maximum", "minimum")
 _IDENTITY_ABOVE_ZERO = ("relu", "leaky_relu", "prelu")  # f(x) == x for x >= 0
@@ -203,8 +208,8 @@ def _equalize(pairs: list[_Pair], iterations: int, tolerance: float, split_clamp
             if pair.splits and not split_clamp and not np.all(total == total[0]):
                 continue
             zeros = np.zeros_like(s)
-            current[pair.first] = keep_bias_free(fold_output_affine(first, 1 / s, zeros), first)
-            current[pair.second] = keep_bias_free(fold_input_affine(second, s, zeros), second)
+            current[pair.first] = fold_output_affine(first, 1 / s, zeros)
+            current[pair.second] = fold_input_affine(second, s, zeros)
             totals[k] = total
             moved = True
         if not moved:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from npuc.ir import Graph, Node, const
 from npuc.ops import OPS
-from npuc.pipeline import PassContext, register_pass
+from npuc.pipeline import PassContext, plural, register_pass
 from npuc.rewrite import rewrite
 
 
@@ -33,5 +33,5 @@ def fold_constants(graph: Graph, ctx: PassContext, *, max_bytes: int = 1 << 24) 
         return const(value, node.dtype, node.loc or node.inputs[0].loc, node.type.quant)
 
     result = rewrite(graph, fold)
-    ctx.note(f"fold_constants: folded {folded} op{'s' * (folded != 1)}")
+    ctx.note(f"fold_constants: folded {plural(folded, 'op')}")
     return result

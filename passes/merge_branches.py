@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from npuc.driver import summarize
 from npuc.ir import Graph, Node, const
 from npuc.ops import make
 from npuc.ops.elementwise import OpTypeError
@@ -235,11 +236,6 @@ def _merge(branches: Sequence[_Branch], root: Node) -> Node | None:
     return merged if merged.type == root.type else None
 
 
-def _params(graph: Graph) -> int:
-    # as npuc.driver.summarize counts them: elements of non-scalar constants
-    return sum(n.type.size for n in graph.nodes if n.is_const and n.type.size > 1)
-
-
 @register_pass("merge_branches")
 def merge_branches(graph: Graph, ctx: PassContext) -> Graph:
     """Merge summed parallel conv/1x1/identity/avg-pool branches (+BN) into one conv."""
@@ -277,5 +273,5 @@ def merge_branches(graph: Graph, ctx: PassContext) -> Graph:
 
     result = rewrite(graph, merge, origin=True)
     ctx.note(f"merge_branches: merged {merged['groups']} branch groups ({merged['branches']} "
-             f"branches), {_params(graph)} -> {_params(result)} params")
+             f"branches), {summarize(graph).params} -> {summarize(result).params} params")
     return result

@@ -39,30 +39,20 @@ import numpy as np
 from npuc.driver import summarize
 from npuc.ir import Graph, Node, const
 from npuc.ops import make
-from npuc.pipeline import PassContext, register_pass
+from npuc.pipeline import PassContext, plural, register_pass
 from npuc.rewrite import rewrite
 
-from .channel_affine import channel_axis, fold_input_affine, fold_output_affine, is_layer
+from .channel_affine import (
+    channel_axis,
+    channel_vector,
+    fold_input_affine,
+    fold_output_affine,
+    is_layer,
+)
 
 _AFFINE = ("mul", "div", "add", "sub", "neg")
 _MOVES = ("reshape", "permute")
 _MERGEABLE = ("conv", "linear")
-
-
-def channel_vector(c: Node, shape: tuple[int, ...], axis: int) -> np.ndarray | None:
-    """The per-channel values (float64, one per index of `axis`) of constant `c` when `c`
-    broadcasts against a value of `shape` along `axis` only without growing it; else None."""
-    if not c.is_const or c.attrs.get("data") is None or not c.dtype.is_float:
-        return None
-    data = c.data
-    if data.ndim > len(shape):
-        return None
-    full = data.reshape((1,) * (len(shape) - data.ndim) + data.shape)
-    for i, (n, m) in enumerate(zip(full.shape, shape, strict=True)):
-        if n != 1 and (i != axis or n != m):
-            return None
-    target = tuple(shape[i] if i == axis else 1 for i in range(len(shape)))
-    return np.broadcast_to(full, target).reshape(-1).astype(np.float64)
 
 
 def per_channel_affine(node: Node, value: Node, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -92,14 +82,6 @@ def per_channel_affine(node: Node, value: Node, axis: int) -> tuple[np.ndarray, 
     if first and np.all(np.isfinite(inverse)):  # div by a nonzero constant: a scale
         return inverse, zeros
     return None
-
-
-def keep_bias_free(new: Node, old: Node) -> Node:
-    """`new` (a refolded `old`) without the all-zero bias that the fold added to a layer that
-    had none, so a pure scale does not add parameters."""
-    if len(old.inputs) > 2 or len(new.inputs) < 3 or np.any(new.inputs[2].data):
-        return new
-    return make(new.op, new.inputs[:2], dict(new.attrs), new.loc)
 
 
 def _dense(layer: Node) -> np.ndarray:
@@ -169,7 +151,7 @@ class _Merger:
                 affine = per_channel_affine(node, layer, channel_axis(layer))
                 if affine is not None:
                     self.counts["affine"] += 1
-                    return keep_bias_free(fold_output_affine(layer, *affine), layer)
+                    return fold_output_affine(layer, *affine)
         return None
 
     def _fold_before(self, node: Node, orig: Node) -> Node | None:
@@ -184,7 +166,7 @@ class _Merger:
             result = fold_input_affine(node, *affine, x=value) if affine else None
             if result is not None:
                 self.counts["affine"] += 1
-                return keep_bias_free(result, node)
+                return result
         return None
 
     def _fold_pad(self, node: Node, orig: Node) -> Node | None:
@@ -328,10 +310,6 @@ def _replay(x: Node, moves: list[Node], axes: list[int]) -> Node:
     return x
 
 
-def _plural(n: int, one: str, many: str | None = None) -> str:
-    return f"{n} {one if n == 1 else many or one + 's'}"
-
-
 def _count(n: int) -> str:
     if n >= 1_000_000:
         return f"{n / 1e6:.2f}M"
@@ -349,8 +327,8 @@ def merge_linear(graph: Graph, ctx: PassContext, *, allow_growth: bool = False,
         graph = rewrite(graph, _Merger(graph, allow_growth, counts), origin=True)
         if sum(counts.values()) == done:
             break
-    ctx.note(f"merge_linear: merged {_plural(counts['pairs'], 'pair')}, folded "
-             f"{_plural(counts['affine'], 'scale/bias', 'scales/biases')} and "
-             f"{_plural(counts['pad'], 'pad')}; {_count(params)} -> "
+    ctx.note(f"merge_linear: merged {plural(counts['pairs'], 'pair')}, folded "
+             f"{plural(counts['affine'], 'scale/bias', 'scales/biases')} and "
+             f"{plural(counts['pad'], 'pad')}; {_count(params)} -> "
              f"{_count(summarize(graph).params)} params")
     return graph

@@ -43,10 +43,10 @@ from tqdm import tqdm
 from npuc.errors import UnsupportedError
 from npuc.interpreter import interpret
 from npuc.ir import Attrs, DType, Graph, Node
-from npuc.pipeline import PassContext, register_pass
+from npuc.pipeline import PassContext, plural, register_pass
 
 from .calibration import activation_absmax, require_calibration, value_keys
-from .smoothquant import Group, apply_scales, find_groups, plural, smooth_scales
+from .smoothquant import Group, apply_scales, find_groups, smooth_scales
 
 Tensor = torch.Tensor
 QMAX_W = 127  # symmetric int8 weights: q in [-127, 127]

@@ -13,7 +13,7 @@ import numpy as np
 
 from npuc.ir import Graph, Node
 from npuc.ops import make
-from npuc.pipeline import PassContext, register_pass
+from npuc.pipeline import PassContext, plural, register_pass
 from npuc.rewrite import rewrite
 
 _IDENTITY_CONST = {"add": 0, "sub": 0, "mul": 1, "div": 1}
@@ -63,5 +63,5 @@ def remove_noops(graph: Graph, ctx: PassContext) -> Graph:
     """Drop identity ops and merge reshape and permute chains."""
     result = rewrite(graph, _simplify, fixpoint=True)
     removed = len(graph.nodes) - len(result.nodes)
-    ctx.note(f"remove_noops: {removed} fewer node{'s' * (removed != 1)}")
+    ctx.note(f"remove_noops: {plural(removed, 'fewer node')}")
     return result

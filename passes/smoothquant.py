@@ -32,7 +32,7 @@ import numpy as np
 
 from npuc.ir import Graph, Node, const
 from npuc.ops import make
-from npuc.pipeline import PassContext, register_pass
+from npuc.pipeline import PassContext, plural, register_pass
 from npuc.rewrite import rewrite
 
 from .calibration import activation_absmax, range_ratio, require_calibration
@@ -52,10 +52,6 @@ class Group:
     act: Node
     consumers: tuple[Node, ...]
     shared: bool = False
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _consumes(reader: Node, act: Node) -> bool:
