@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .ir import Graph, Node
-from .ops import OPS
+from .ops import evaluate
 
 
 class InterpreterError(RuntimeError):
@@ -50,7 +50,7 @@ def interpret(graph: Graph, *inputs: object,
             continue
         args = [env[i] for i in node.inputs]
         try:
-            result = OPS[node.op].impl(node.attrs, *args)
+            result = evaluate(node, *args)
         except Exception as e:
             raise InterpreterError(f"{node.op} at {node.loc or '?'} failed: {e}") from e
         if result.shape != node.shape or result.dtype != node.dtype.numpy:

@@ -8,12 +8,12 @@ and nothing else, so adding an op is one decorated function plus its `infer`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from ..ir import Attrs, DType, Node, TensorType
+from ..ir import Attrs, DType, Node, QuantParams, TensorType
 
 REQUIRED = object()  # marks an attribute without a default
 
@@ -54,6 +54,7 @@ class OpDef:
     doc: str
     macs: Callable[[Node], int] | None = None
     category: str = "misc"
+    typed: bool = False  # impl(node, *arrays): integer ops read quantization from the types
 
     def check_attrs(self, attrs: Mapping[str, Any]) -> Attrs:
         """Fill defaults and check kinds and choices; raise TypeError naming the attribute."""
@@ -93,23 +94,26 @@ OPS: dict[str, OpDef] = {}
 
 def defop(name: str, arity: int | tuple[int, int], infer: Infer, *, category: str,
           attrs: Mapping[str, AttrSpec] | None = None,
-          macs: Callable[[Node], int] | None = None) -> Callable[[Impl], Impl]:
-    """Register `impl` as the semantics of op `name`; its docstring documents the op."""
+          macs: Callable[[Node], int] | None = None,
+          typed: bool = False) -> Callable[[Impl], Impl]:
+    """Register `impl` as the semantics of op `name`; its docstring documents the op. A `typed`
+    op's impl takes the node instead of its attrs, to read operand and result types."""
     arity = (arity, arity) if isinstance(arity, int) else arity
 
     def register(impl: Impl) -> Impl:
         if name in OPS:
             raise ValueError(f"op {name} defined twice")
         OPS[name] = OpDef(name, arity, dict(attrs or {}), infer, impl, (impl.__doc__ or "").strip(),
-                          macs, category)
+                          macs, category, typed)
         return impl
 
     return register
 
 
 def make(op: str, inputs: tuple[Node, ...] | list[Node], attrs: Mapping[str, Any] | None = None,
-         loc: str | None = None) -> Node:
-    """Build a node of `op`, checking arity and attributes and inferring its result type."""
+         loc: str | None = None, quant: QuantParams | None = None) -> Node:
+    """Build a node of `op`, checking arity and attributes and inferring its result type; `quant`
+    annotates the result with the quantization parameters its op cannot infer."""
     opdef = OPS.get(op)
     if opdef is None:
         raise KeyError(f"unknown op '{op}'")
@@ -122,7 +126,13 @@ def make(op: str, inputs: tuple[Node, ...] | list[Node], attrs: Mapping[str, Any
         type_ = opdef.infer([i.type for i in inputs], checked)
     except (IndexError, ValueError, ArithmeticError) as e:  # operands infer cannot make sense of
         raise TypeError(f"{op}: cannot type operands {[i.type for i in inputs]}: {e}") from None
-    return Node(op, inputs, checked, type_, loc)
+    return Node(op, inputs, checked, replace(type_, quant=quant) if quant else type_, loc)
+
+
+def evaluate(node: Node, *arrays: np.ndarray) -> np.ndarray:
+    """Run `node`'s op on `arrays` (the values of its inputs): the interpreter's one step."""
+    opdef = OPS[node.op]
+    return opdef.impl(node if opdef.typed else node.attrs, *arrays)
 
 
 def macs(node: Node) -> int:
@@ -132,4 +142,4 @@ def macs(node: Node) -> int:
 
 
 # Importing the family modules fills OPS.
-from . import elementwise, nn, shape  # noqa: E402, F401
+from . import elementwise, nn, quantized, shape  # noqa: E402, F401

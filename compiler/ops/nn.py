@@ -366,17 +366,23 @@ def max_pool(attrs: Attrs, x: np.ndarray) -> np.ndarray:
 def avg_pool(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """Mean over each window. The divisor counts the explicit padding when count_include_pad,
     never the extra cells ceil_mode reads past the padded input (PyTorch's rule)."""
+    total, count = pool_sum_and_count(attrs, x)
+    return (total / count).astype(x.dtype, copy=False)
+
+
+def pool_sum_and_count(attrs: Attrs, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """avg_pool's window sums (padding reads 0) and divisors, in x's dtype."""
     out = _pool_out(x.shape, attrs)
     nsp = len(out)
-    total = _reduce_windows(_pool_windows(attrs, x, out, 0.0), nsp, np.sum)
+    total = _reduce_windows(_pool_windows(attrs, x, out, 0), nsp, np.sum)
     ones = np.ones((1, 1) + x.shape[2:], dtype=x.dtype)
     if attrs["count_include_pad"]:
-        ones = _pad(ones, attrs["padding"], 1.0)
+        ones = _pad(ones, attrs["padding"], 1)
         inner = Attrs({**attrs, "padding": (0,) * (2 * nsp)})
-        count = _reduce_windows(_pool_windows(inner, ones, out, 0.0), nsp, np.sum)
+        count = _reduce_windows(_pool_windows(inner, ones, out, 0), nsp, np.sum)
     else:
-        count = _reduce_windows(_pool_windows(attrs, ones, out, 0.0), nsp, np.sum)
-    return (total / count).astype(x.dtype, copy=False)
+        count = _reduce_windows(_pool_windows(attrs, ones, out, 0), nsp, np.sum)
+    return total, count
 
 
 def adaptive_type(types: list[TensorType], attrs: Attrs) -> TensorType:

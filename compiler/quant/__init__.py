@@ -1,0 +1,1 @@
+"""npuc.quant: integer arithmetic, observers and weight formats."""
