@@ -2,6 +2,7 @@
 
     npuc compile path/to/file.py:factory [--target npu-int8] [--out DIR] [--check] [--show]
     npuc compile model.pt2 ...
+    npuc compare path/to/file.py:factory [--target npu-int8] [--passes ...]
     npuc targets [NAME]
     npuc passes
 
@@ -82,10 +83,26 @@ def cmd_compile(args: argparse.Namespace) -> int:
         errors = [relative_error(o, r) for o, r in zip(outputs, _reference(model, inputs),
                                                          strict=True)]
         worst = max(errors)
-        verdict = "OK" if worst <= args.tolerance else "MISMATCH"
+        tolerance = args.tolerance if args.tolerance is not None else (
+            QUANTIZED_TOLERANCE if "origins" in cm.ir.meta else 1e-5)
+        verdict = "OK" if worst <= tolerance else "MISMATCH"
         print(f"check against PyTorch: max relative error {worst:.2e} "
-              f"(tolerance {args.tolerance:.0e}) {verdict}")
-        return 0 if worst <= args.tolerance else 1
+              f"(tolerance {tolerance:.0e}) {verdict}")
+        return 0 if worst <= tolerance else 1
+    return 0
+
+
+QUANTIZED_TOLERANCE = 0.05  # --check's default for integer targets: relative error of the outputs
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import npuc
+
+    model, inputs = load_model(args.model)
+    print(f"compiling {args.model} for {args.target} (calibrating on the example inputs) ...",
+          flush=True)
+    cm = npuc.compile(model, inputs, target=args.target, passes=args.passes)
+    print(cm.compare(*inputs))
     return 0
 
 
@@ -119,9 +136,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="print a stage's IR (default: lowered)")
     c.add_argument("--check", action="store_true",
                    help="run the compiled graph and compare with PyTorch on the example inputs")
-    c.add_argument("--tolerance", type=float, default=1e-5)
+    c.add_argument("--tolerance", type=float, default=None,
+                   help=f"for --check (default 1e-5 float, {QUANTIZED_TOLERANCE} integer targets)")
     c.add_argument("--debug", action="store_true", help="verify the graph after every pass")
     c.set_defaults(fn=cmd_compile)
+    q = sub.add_parser("compare", help="where a quantized model loses accuracy, op by op")
+    q.add_argument("model", help="path/to/file.py:factory or model.pt2")
+    q.add_argument("--target", default="npu-int8")
+    q.add_argument("--passes", default=None, help="pipeline (default: the target's)")
+    q.set_defaults(fn=cmd_compare)
     t = sub.add_parser("targets", help="list the built-in targets or show one")
     t.add_argument("name", nargs="?")
     t.set_defaults(fn=cmd_targets)

@@ -7,12 +7,13 @@ pass runs again), and "lowered", the graph the target executes (`cm.ir`).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .compare import Comparison, compare
 from .frontend import capture
 from .interpreter import interpret
 from .ir import Graph
@@ -56,11 +57,28 @@ class CompiledModel:
     def ir(self) -> Graph:
         return self.stages["lowered"]
 
-    def run(self, *inputs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
-        """Execute the lowered graph; one array for a single-output model, else a tuple."""
+    def run(self, *inputs: Any, raw: bool = False) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Execute the lowered graph; one array for a single-output model, else a tuple.
+        `raw=True` returns the integer outputs as computed, before the final dequantize."""
+        graph = self.ir
+        if raw:
+            graph = graph.with_outputs(tuple(o.inputs[0] if o.op == "dequantize" else o
+                                             for o in graph.outputs))
         outputs = tuple(np.asarray(o, dtype=np.float32) if o.dtype.kind == "f" else o
-                        for o in interpret(self.ir, *inputs))
+                        for o in interpret(graph, *inputs))
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def compare(self, *inputs: Any) -> Comparison:
+        """Per value, the SQNR and relative error of the integer graph against the float graph
+        it was lowered from, on `inputs` (see `npuc.compare`)."""
+        meta = self.ir.meta
+        if "origins" not in meta:
+            raise ValueError(f"target {self.target.name}: the lowered graph is not quantized, "
+                             "there is nothing to compare")
+        missing = [n for n in meta["origins"] if n not in self.ir.users]
+        if len(missing) == len(meta["origins"]):
+            raise ValueError("a pass after quantize rebuilt the graph; run quantize last")
+        return compare(meta["float_graph"], self.ir, meta["origins"], inputs)
 
     def dump(self, stage: str = "lowered", *, constants: bool = False, locs: bool = True) -> str:
         """The text IR of a stage (see `npuc.printer`)."""
@@ -83,13 +101,16 @@ class CompiledModel:
 
 def compile(model: Any, example_inputs: Sequence[Any] | None = None, target: Any = "npu-int8",
             calibration: Iterable[Sequence[Any]] | None = None,
-            passes: Iterable[Step] | str | None = None, *, debug: bool = False,
+            passes: Iterable[Step] | Mapping[str, Mapping[str, Any]] | str | None = None, *,
+            debug: bool = False,
             name: str | None = None) -> CompiledModel:
     """Compile a torch.nn.Module (or an already captured Graph) for `target`.
 
     example_inputs: a tuple of tensors for capture; may be omitted when `calibration` is given
     (its first item serves). target: a built-in name or `npuc.targets.load(path)`.
-    passes: None for the target's default pipeline, or a list of steps / a pipeline string.
+    passes: None for the target's default pipeline; a dict {pass: options} to set options of the
+    passes in it (e.g. {"quantize": {"weights": "int4"}}); or a list of steps / a pipeline
+    string that replaces it.
     debug: verify the graph after every pass.
     """
     from npuc import targets
@@ -114,6 +135,12 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, target: Any
 
     ctx = PassContext(target=target, calibration=calibration or [tuple(example_inputs)])
     pipeline = target.pipeline if passes is None else passes
+    if isinstance(passes, Mapping):  # options for some passes of the target's own pipeline
+        unknown = set(passes) - set(target.pipeline)
+        if unknown:
+            raise TypeError(f"passes: {', '.join(sorted(unknown))} not in {target.name}'s "
+                            f"pipeline ({', '.join(target.pipeline)}); pass a list to replace it")
+        pipeline = [(name, passes.get(name, {})) for name in target.pipeline]
     lowered, records = run_pipeline(graph, pipeline, ctx, verify=debug, on_stage=keep)
     stages["lowered"] = lowered
     return CompiledModel(stages, target, records)

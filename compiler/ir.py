@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -66,13 +67,17 @@ _BITS = {
 
 @dataclass(frozen=True)
 class QuantParams:
-    """real = scale * (q - zero_point); per-tensor when `axis` is None, else one per channel."""
+    """real = scale * (q - zero_point); per-tensor when `axis` is None, else one per channel.
+    Scales are float32 values (as the dequantizing float32 arithmetic uses them), so the dump
+    prints them in float32's shortest form and reads them back exactly."""
 
     scale: tuple[float, ...]
     zero_point: tuple[int, ...]
     axis: int | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", tuple(float(np.float32(s)) for s in self.scale))
+        object.__setattr__(self, "zero_point", tuple(int(z) for z in self.zero_point))
         if len(self.scale) != len(self.zero_point):
             raise ValueError("QuantParams: scale and zero_point differ in length")
         if self.axis is None and len(self.scale) != 1:
@@ -167,6 +172,8 @@ class Node:
     def data(self) -> np.ndarray:
         """The array of a const node (read-only); raises if its data was not loaded."""
         data = self.attrs.get("data")
+        if data is not None and self.attrs.get("encoding", "dense") != "dense":
+            return _decoded(self)
         if data is None:
             raise ValueError(
                 f"constant {self.attrs.get('digest')} has no data: it was parsed from a summarised"
@@ -180,6 +187,20 @@ class Node:
     def __repr__(self) -> str:
         where = f" @{self.loc}" if self.loc else ""
         return f"<{self.op} {self.type.shape} {self.type.dtype}{where}>"
+
+
+_DECODED: weakref.WeakKeyDictionary[Node, np.ndarray] = weakref.WeakKeyDictionary()
+
+
+def _decoded(node: Node) -> np.ndarray:
+    """The logical values of a constant stored in a compressed encoding (decoded once)."""
+    if node not in _DECODED:
+        from .quant.constants import decode_const
+
+        values = decode_const(node)
+        values.flags.writeable = False
+        _DECODED[node] = values
+    return _DECODED[node]
 
 
 def digest(array: np.ndarray) -> str:

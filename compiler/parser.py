@@ -110,12 +110,15 @@ def parse_type(text: str) -> TensorType:
 def _const(attrs: dict[str, Any], type_: TensorType, weights: Mapping[str, np.ndarray] | None,
            loc: str | None) -> Node:
     data = attrs.pop("data", None)
+    encoded = attrs.get("encoding", "dense") != "dense"  # a compressed payload: uint8 bytes
     if data is not None:
-        data = np.array(data, dtype=type_.dtype.numpy).reshape(type_.shape)
+        data = (np.array(data, dtype=np.uint8) if encoded
+                else np.array(data, dtype=type_.dtype.numpy).reshape(type_.shape))
         if digest(data) != attrs.get("digest"):
             raise ParseError(f"inlined constant does not match its digest {attrs.get('digest')}")
     elif weights is not None and attrs.get("digest") in weights:
-        data = np.asarray(weights[attrs["digest"]], dtype=type_.dtype.numpy)
+        data = np.asarray(weights[attrs["digest"]],
+                          dtype=np.uint8 if encoded else type_.dtype.numpy)
     if data is not None:
         attrs["data"] = data
     return Node("const", (), OPS["const"].check_attrs(attrs), type_, loc)

@@ -28,9 +28,10 @@ def format_type(t: TensorType) -> str:
 
 
 def format_quant(q: QuantParams) -> str:
+    scales = [str(np.float32(s)) for s in q.scale]  # float32's shortest round-tripping form
     if q.axis is None:
-        return f"q<{q.scale[0]!r}:{q.zero_point[0]}>"
-    return f"q<axis={q.axis}, {format_value(q.scale)}, {format_value(q.zero_point)}>"
+        return f"q<{scales[0]}:{q.zero_point[0]}>"
+    return f"q<axis={q.axis}, [{', '.join(scales)}], {format_value(q.zero_point)}>"
 
 
 def format_value(value: Any) -> str:

@@ -8,6 +8,7 @@ repeats sweeps until nothing changes. The input graph is never mutated.
 Rules that need facts about the graph being rewritten (who reads a value) take the original node
 too: `rewrite(graph, fn, origin=True)` calls `fn(node, original)`, where `original` is the node of
 `graph` that `node` was rebuilt from, so `graph.users[original]` answers such questions.
+Graph meta entries that are dicts keyed by nodes are re-keyed to the rewritten nodes.
 """
 
 from __future__ import annotations
@@ -47,4 +48,14 @@ def _sweep(graph: Graph, fn: Rule, origin: bool) -> tuple[Graph, bool]:
             current = replacement
         mapping[node] = current
     outputs = tuple(mapping[o] for o in graph.outputs)
-    return Graph(graph.inputs, outputs, graph.name, graph.meta), changed
+    return Graph(graph.inputs, outputs, graph.name, _remap(graph.meta, mapping)), changed
+
+
+def _remap(meta: dict, mapping: dict[Node, Node]) -> dict:
+    """Meta entries keyed by nodes (the quantizer's origins) follow their nodes' rewrites."""
+    def follow(value: object) -> object:
+        if isinstance(value, dict) and value and isinstance(next(iter(value)), Node):
+            return {mapping.get(k, k): v for k, v in value.items()}
+        return value
+
+    return {k: follow(v) for k, v in meta.items()}

@@ -59,7 +59,13 @@ def _verify_const(node: Node) -> None:
     data = node.attrs.get("data")
     if data is None:
         return
-    if tuple(data.shape) != node.type.shape or data.dtype != node.type.dtype.numpy:
+    if node.attrs.get("encoding", "dense") != "dense":
+        data, raw = node.data, data  # decodes, so a malformed payload fails here
+        if data.shape != node.type.shape:
+            raise GraphError(f"{_where(node)}: payload decodes to {data.shape}, type says "
+                             f"{node.type.shape}")
+        data = raw
+    elif tuple(data.shape) != node.type.shape or data.dtype != node.type.dtype.numpy:
         raise GraphError(f"{_where(node)}: data {data.shape} {data.dtype} does not match type "
                          f"{node.type.shape} {node.type.dtype}")
     if digest(data) != node.attrs["digest"]:

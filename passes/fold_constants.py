@@ -9,7 +9,7 @@ folding never inflates the weights). Exact: the folded value is the op's own num
 from __future__ import annotations
 
 from npuc.ir import Graph, Node, const
-from npuc.ops import OPS
+from npuc.ops import evaluate
 from npuc.pipeline import PassContext, plural, register_pass
 from npuc.rewrite import rewrite
 
@@ -28,7 +28,7 @@ def fold_constants(graph: Graph, ctx: PassContext, *, max_bytes: int = 1 << 24) 
         if node.type.nbytes > max_bytes and node.type.nbytes > max(
                 i.type.nbytes for i in node.inputs):
             return None
-        value = OPS[node.op].impl(node.attrs, *(i.data for i in node.inputs))
+        value = evaluate(node, *(i.data for i in node.inputs))
         folded += 1
         return const(value, node.dtype, node.loc or node.inputs[0].loc, node.type.quant)
 

@@ -12,7 +12,8 @@ errors that name the key and the file.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,12 @@ class Target:
     description: str
     pipeline: tuple[str, ...]  # default pass pipeline, in order
     path: Path | None = None
+    quantize: Mapping[str, Any] = field(default_factory=dict)  # the quantize pass's defaults
 
     def __str__(self) -> str:
         lines = [f"{self.name}: {self.description}", "  pipeline: " + ", ".join(self.pipeline)]
+        if self.quantize:
+            lines.append("  quantize: " + ", ".join(f"{k}={v}" for k, v in self.quantize.items()))
         if self.path:
             lines.append(f"  file: {self.path}")
         return "\n".join(lines)
@@ -40,6 +44,7 @@ class Target:
 _SCHEMA: dict[str, dict[str, type]] = {
     "": {"name": str, "description": str},
     "compile": {"pipeline": list},
+    "quantize": {"int16": list, "weights": str, "observer": str},
 }
 
 
@@ -50,13 +55,13 @@ def _check(data: dict[str, Any], path: Path) -> None:
         if fields is None:
             raise TargetError(f"{path}: unknown section or key '{key}'")
         items = value.items() if isinstance(value, dict) else [(key, value)]
-        for field, item in items:
-            where = f"{section}.{field}" if section else field
-            if field not in fields:
+        for key_, item in items:
+            where = f"{section}.{key_}" if section else key_
+            if key_ not in fields:
                 raise TargetError(f"{path}: unknown key '{where}'; expected one of "
                                   f"{', '.join(sorted(fields))}")
-            if not isinstance(item, fields[field]):
-                raise TargetError(f"{path}: '{where}' must be {fields[field].__name__}")
+            if not isinstance(item, fields[key_]):
+                raise TargetError(f"{path}: '{where}' must be {fields[key_].__name__}")
     for required in ("name", "description"):
         if required not in data:
             raise TargetError(f"{path}: missing key '{required}'")
@@ -80,7 +85,8 @@ def load(path: str | Path) -> Target:
             get(name)
         except KeyError as e:
             raise TargetError(f"{path}: compile.pipeline: {e.args[0]}") from None
-    return Target(data["name"], data["description"], tuple(pipeline), path)
+    return Target(data["name"], data["description"], tuple(pipeline), path,
+                  dict(data.get("quantize", {})))
 
 
 def names() -> list[str]:

@@ -225,10 +225,15 @@ def _probe_attrs(op: str) -> dict[str, Any]:
             if s.default is not None and (s.default is not REQUIRED or s.choices)}
 
 
+def _integer_only(op: str) -> bool:
+    """Ops of quantized graphs (npuc.ops.quantized): tests/quant covers them."""
+    return OPS[op].typed or op == "lut"
+
+
 def _elementwise(arity: int, result: str) -> tuple[str, ...]:
     return tuple(sorted(
         name for name, d in OPS.items()
-        if d.category == "elementwise" and d.arity == (arity, arity)
+        if d.category == "elementwise" and d.arity == (arity, arity) and not _integer_only(name)
         and _float_semantics(name, arity) == result
     ))
 
@@ -236,7 +241,8 @@ def _elementwise(arity: int, result: str) -> tuple[str, ...]:
 UNARY_OPS = _elementwise(1, "f32")  # relu, gelu, sigmoid, exp, log, ... (float -> float)
 BINARY_OPS = _elementwise(2, "f32")  # add, sub, mul, div, pow, maximum, minimum, (prelu: own)
 COMPARE_OPS = _elementwise(2, "bool")  # eq, ne, lt, le, gt, ge
-REDUCE_OPS = tuple(sorted(name for name, d in OPS.items() if d.category == "reduce"))
+REDUCE_OPS = tuple(sorted(name for name, d in OPS.items()
+                          if d.category == "reduce" and not _integer_only(name)))
 
 
 def _grid(bound: float) -> np.ndarray:
@@ -855,6 +861,7 @@ NOT_GENERATED = {
     "logical_not": "bool only",
     "logical_and": "bool only",
     "logical_or": "bool only",
+    **{op: "integer only (tests/quant)" for op in OPS if _integer_only(op)},
 }
 
 

@@ -126,6 +126,8 @@ def make(op: str, inputs: tuple[Node, ...] | list[Node], attrs: Mapping[str, Any
         type_ = opdef.infer([i.type for i in inputs], checked)
     except (IndexError, ValueError, ArithmeticError) as e:  # operands infer cannot make sense of
         raise TypeError(f"{op}: cannot type operands {[i.type for i in inputs]}: {e}") from None
+    if opdef.typed and not type_.dtype.is_float and quant is None:
+        raise TypeError(f"{op}: an integer result needs its quantization parameters (quant=)")
     return Node(op, inputs, checked, replace(type_, quant=quant) if quant else type_, loc)
 
 

@@ -49,6 +49,18 @@ def _int_type(types: list[TensorType], attrs: Attrs, shape: tuple[int, ...] | No
     return TensorType(types[0].shape if shape is None else shape, DType(attrs["dtype"]))
 
 
+def quantized(infer, *operands: int):  # noqa: ANN001, ANN201
+    """`infer`, first checking that the given operands carry quantization parameters."""
+    def checked(types: list[TensorType], attrs: Attrs) -> TensorType:
+        for i in operands:
+            if i < len(types) and types[i].quant is None:
+                raise OpTypeError(f"operand {i} ({types[i].dtype}{list(types[i].shape)}) has no "
+                                  "quantization parameters")
+        return infer(types, attrs)
+
+    return checked
+
+
 def _dtype_attr(default: str = "i8") -> dict[str, AttrSpec]:
     return {"dtype": AttrSpec("dtype", default, choices=("i8", "u8", "i16", "i32"))}
 
@@ -88,7 +100,7 @@ def _dequantize_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(types[0].shape, DType.F32)
 
 
-@defop("dequantize", 1, _dequantize_type, category="quant", typed=True)
+@defop("dequantize", 1, quantized(_dequantize_type, 0), category="quant", typed=True)
 def dequantize(node: Node, x: np.ndarray) -> np.ndarray:
     """integer -> float32: (x - zero_point) * scale, scale from the operand type."""
     return arith.dequantize(x, *per_tensor(node.inputs[0].type))
@@ -96,7 +108,7 @@ def dequantize(node: Node, x: np.ndarray) -> np.ndarray:
 
 # -- requantization -------------------------------------------------------------------------------
 
-@defop("rescale", 1, _int_type, category="quant", typed=True,
+@defop("rescale", 1, quantized(_int_type, 0), category="quant", typed=True,
        attrs={**_dtype_attr(), "min": AttrSpec("int", None), "max": AttrSpec("int", None)})
 def rescale(node: Node, x: np.ndarray) -> np.ndarray:
     """Requantize to the result's parameters, then clamp to [min, max] when given (a ReLU or clamp
@@ -132,8 +144,8 @@ def _conv_like(name: str, float_impl, infer, attrs: dict[str, AttrSpec], macs) -
 
     impl.__doc__ = (f"Integer {float_impl.__name__}: int32 sum of (x - zp_x) * w (+ int32 bias at "
                     "s_x * s_w), requantized per output channel to the result type.")
-    defop(name, (2, 3), infer, category="nn", attrs={**attrs, **_dtype_attr()}, macs=macs,
-          typed=True)(impl)
+    defop(name, (2, 3), quantized(infer, 0, 1), category="nn", attrs={**attrs, **_dtype_attr()},
+          macs=macs, typed=True)(impl)
 
 
 def _integer_infer(float_infer):  # noqa: ANN001, ANN202
@@ -151,18 +163,24 @@ _conv_like("qconv_transpose", nn.conv_transpose, _integer_infer(nn.conv_transpos
            {**nn._conv_attrs(), "output_padding": AttrSpec("ints")}, nn._conv_transpose_macs)
 
 
-@defop("qlinear", (2, 3), _integer_infer(nn.linear_type), category="nn", attrs=_dtype_attr(),
+_QLINEAR_INFER = quantized(_integer_infer(nn.linear_type), 0, 1)
+
+
+@defop("qlinear", (2, 3), _QLINEAR_INFER, category="nn", attrs=_dtype_attr(),
        macs=nn._matmul_macs, typed=True)
 def qlinear(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """Integer linear: int32 sum of (x - zp_x) * w[o] (+ int32 bias), requantized per output
     feature (the last axis) to the result type."""
-    acc = _exact(np.matmul(_centred(node, 0, x).astype(np.float64), w.astype(np.float64).T))
+    acc = _exact(nn.dense(_centred(node, 0, x).astype(np.float64), w.astype(np.float64)))
     real = _gemm_scales(node)
     acc = _with_bias(acc, b, acc.ndim - 1)
     return _out(node, acc, real, acc.ndim - 1 if real.ndim else None)
 
 
-@defop("qmatmul", 2, _integer_infer(nn.matmul_type), category="nn", attrs=_dtype_attr(),
+_QMATMUL_INFER = quantized(_integer_infer(nn.matmul_type), 0, 1)
+
+
+@defop("qmatmul", 2, _QMATMUL_INFER, category="nn", attrs=_dtype_attr(),
        macs=nn._matmul_macs, typed=True)
 def qmatmul(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Integer batched matmul of two per-tensor quantized operands (attention's QK^T and PV):
@@ -192,14 +210,18 @@ def _add_like(name: str, sign: int) -> None:
     impl.__doc__ = (f"Integer a {'+-'[sign < 0]} b (TFLite's scheme): both operands shifted left "
                     "(20 bits for 8-bit operands, 15 for 16-bit) and rescaled to twice the larger "
                     "scale, combined, then requantized to the result type.")
-    defop(name, 2, _binary_type, category="elementwise", attrs=_dtype_attr(), typed=True)(impl)
+    defop(name, 2, quantized(_binary_type, 0, 1), category="elementwise", attrs=_dtype_attr(),
+          typed=True)(impl)
 
 
 _add_like("qadd", 1)
 _add_like("qsub", -1)
 
 
-@defop("qmul", 2, _binary_type, category="elementwise", attrs=_dtype_attr(), typed=True)
+_QMUL_INFER = quantized(_binary_type, 0, 1)
+
+
+@defop("qmul", 2, _QMUL_INFER, category="elementwise", attrs=_dtype_attr(), typed=True)
 def qmul(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Integer a * b: (a - zp_a) * (b - zp_b), saturated to int32, requantized by s_a s_b/s_out."""
     (s_a, _), (s_b, _) = (per_tensor(i.type) for i in node.inputs)
@@ -207,7 +229,10 @@ def qmul(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
                 s_a * s_b / per_tensor(node.type)[0])
 
 
-@defop("qprelu", 2, _integer_infer(lambda types, attrs: types[0]), category="elementwise",
+_QPRELU_INFER = quantized(_integer_infer(lambda types, attrs: types[0]), 0, 1)
+
+
+@defop("qprelu", 2, _QPRELU_INFER, category="elementwise",
        attrs=_dtype_attr(), typed=True)
 def qprelu(node: Node, x: np.ndarray, slope: np.ndarray) -> np.ndarray:
     """x >= zp ? requantize(x - zp) : requantize((x - zp) * slope); slope is int8, one per
@@ -246,17 +271,26 @@ def _reduce_infer(types: list[TensorType], attrs: Attrs) -> TensorType:
     return _integer_infer(reduce_type)(types, attrs)
 
 
-@defop("qmean", 1, _reduce_infer, category="reduce", typed=True,
-       attrs={"axes": AttrSpec("ints"), "keepdim": AttrSpec("bool", False), **_dtype_attr()})
-def qmean(node: Node, x: np.ndarray) -> np.ndarray:
-    """Integer mean over `axes`: the int32 sum of x - zp, requantized by s_in / (n * s_out)."""
-    axes = tuple(node.attrs["axes"])
-    total = _centred(node, 0, x).sum(axis=axes, keepdims=node.attrs["keepdim"])
-    n = math.prod(x.shape[a] for a in axes)
-    return _out(node, total, per_tensor(node.inputs[0].type)[0] / (n * per_tensor(node.type)[0]))
+def _reduce_sum(name: str, mean: bool) -> None:
+    def impl(node: Node, x: np.ndarray) -> np.ndarray:
+        axes = tuple(node.attrs["axes"])
+        total = _centred(node, 0, x).sum(axis=axes, keepdims=node.attrs["keepdim"])
+        n = math.prod(x.shape[a] for a in axes) if mean else 1
+        real = per_tensor(node.inputs[0].type)[0] / (n * per_tensor(node.type)[0])
+        return _out(node, total, real)
+
+    impl.__doc__ = (f"Integer {name[1:]} over `axes`: the int32 sum of x - zp, requantized by "
+                    f"s_in{' / n' if mean else ''} / s_out.")
+    defop(name, 1, quantized(_reduce_infer, 0), category="reduce", typed=True,
+          attrs={"axes": AttrSpec("ints"), "keepdim": AttrSpec("bool", False),
+                 **_dtype_attr()})(impl)
 
 
-@defop("qavg_pool", 1, nn.pool_type, category="nn", typed=True,
+_reduce_sum("qmean", mean=True)
+_reduce_sum("qsum", mean=False)
+
+
+@defop("qavg_pool", 1, quantized(nn.pool_type, 0), category="nn", typed=True,
        attrs=nn._pool_attrs(count_include_pad=AttrSpec("bool", True)))
 def qavg_pool(node: Node, x: np.ndarray) -> np.ndarray:
     """Integer average pool with the operand's parameters: zp + round(sum(x - zp) / count), the
@@ -275,7 +309,7 @@ def _resize_weights(attrs: Attrs, axis: int, size_in: int) -> np.ndarray:
     return q
 
 
-@defop("qresize", 1, nn.resize_type, category="nn", typed=True,
+@defop("qresize", 1, quantized(nn.resize_type, 0), category="nn", typed=True,
        attrs={"size": AttrSpec("ints", min=1),
               "mode": AttrSpec("str", choices=("nearest", "bilinear")),
               "scales": AttrSpec("floats"), "align_corners": AttrSpec("bool", False)})
@@ -302,18 +336,25 @@ def _table_type(types: list[TensorType], attrs: Attrs) -> TensorType:
 EXP_BITS = 16  # exp tables hold round(2**16 * exp(-k * step)): exp(0) is 65536
 
 
-@defop("qsoftmax", 2, _table_type, category="nn", typed=True,
+@defop("qsoftmax", 2, quantized(_table_type, 0), category="nn", typed=True,
        attrs={"axis": AttrSpec("int"), **_dtype_attr()})
 def qsoftmax(node: Node, x: np.ndarray, exp_table: np.ndarray) -> np.ndarray:
     """Integer softmax along `axis`: d = max - x >= 0; e = exp_table at d (256 entries: direct,
-    d clamped to 255; 513: interpolated over d clamped to 65535); result zp + round(e / sum(e) /
-    s_out). The result scale is 1/256 (int8) or 1/32768 (int16)."""
+    d clamped to 255; 513: interpolated over d clamped to 65535), 0 where int16 x is -32768
+    (masked); result zp + round(e / max(sum(e), 1) / s_out). The result scale is 1/256 (int8)
+    or 1/32768 (int16)."""
     axis = node.attrs["axis"]
     d = x.max(axis=axis, keepdims=True).astype(np.int64) - x
-    e = exp_lookup(d, exp_table)
-    total = e.sum(axis=axis, keepdims=True)
+    e = np.where(_masked(x), 0, exp_lookup(d, exp_table))
+    total = np.maximum(e.sum(axis=axis, keepdims=True), 1)
     s_out, zp = per_tensor(node.type)
     return arith.saturate(arith.divide_rounded(e * round(1 / s_out), total) + zp, node.dtype)
+
+
+def _masked(x: np.ndarray) -> np.ndarray | bool:
+    """int16 -32768 is minus infinity: symmetric int16 values use [-32767, 32767], and lowering
+    writes -32768 where an attention mask adds -inf."""
+    return x == -32768 if x.dtype == np.int16 else False
 
 
 def exp_lookup(d: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -324,7 +365,7 @@ def exp_lookup(d: np.ndarray, table: np.ndarray) -> np.ndarray:
     return arith.lookup(np.minimum(d, 65535) - 32768, t, I32).astype(np.int64)
 
 
-@defop("qlog_softmax", 3, _table_type, category="nn", typed=True,
+@defop("qlog_softmax", 3, quantized(_table_type, 0), category="nn", typed=True,
        attrs={"axis": AttrSpec("int"), **_dtype_attr()})
 def qlog_softmax(node: Node, x: np.ndarray, exp_table: np.ndarray,
                  log_table: np.ndarray) -> np.ndarray:
@@ -378,7 +419,7 @@ def affine_out(node: Node, norm: np.ndarray, mult: np.ndarray, shift: np.ndarray
     return arith.saturate(y, node.dtype)
 
 
-@defop("qlayer_norm", 4, _norm_type, category="nn", typed=True,
+@defop("qlayer_norm", 4, quantized(_norm_type, 0), category="nn", typed=True,
        attrs={"ndim": AttrSpec("int", 1, min=1), "eps": AttrSpec("float", 1e-5), **_dtype_attr()})
 def qlayer_norm(node: Node, x: np.ndarray, mult: np.ndarray, shift: np.ndarray,
                 bias: np.ndarray) -> np.ndarray:
@@ -388,7 +429,7 @@ def qlayer_norm(node: Node, x: np.ndarray, mult: np.ndarray, shift: np.ndarray,
     return affine_out(node, norm, mult, shift, bias)
 
 
-@defop("qgroup_norm", 4, _norm_type, category="nn", typed=True,
+@defop("qgroup_norm", 4, quantized(_norm_type, 0), category="nn", typed=True,
        attrs={"groups": AttrSpec("int", min=1), "eps": AttrSpec("float", 1e-5), **_dtype_attr()})
 def qgroup_norm(node: Node, x: np.ndarray, mult: np.ndarray, shift: np.ndarray,
                 bias: np.ndarray) -> np.ndarray:

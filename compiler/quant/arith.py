@@ -67,11 +67,13 @@ def srdhm(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
     """gemmlowp's SaturatingRoundingDoublingHighMul of int32 values, as int64."""
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
-    product = a * b
-    nudge = np.where(product >= 0, 1 << 30, 1 - (1 << 30))
-    total = product + nudge
-    high = np.where(total >= 0, total >> 31, -((-total) >> 31))  # C division truncates to zero
-    return np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, high)
+    total = a * b
+    negative = total >> 63  # -1 where the product is negative, else 0 (branch-free, as in C)
+    total += (1 << 30) + (negative & (1 - (1 << 31)))  # nudge: 2**30, or 1 - 2**30
+    total += (total >> 63) & ((1 << 31) - 1)  # C's division truncates toward zero
+    total >>= 31
+    overflow = (a == INT32_MIN) & (b == INT32_MIN)
+    return np.where(overflow, INT32_MAX, total) if overflow.any() else total
 
 
 def rounding_right_shift(x: np.ndarray, exponent: np.ndarray | int) -> np.ndarray:

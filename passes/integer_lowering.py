@@ -1,0 +1,394 @@
+"""The per-op rules of the quantize pass: each float op becomes its integer-only form.
+
+Not a pass itself: `lower(graph, specs, formats, stats)` walks the prepared, planned float graph
+(see `npuc.passes.quantize`) and returns the integer graph and, for every lowered value, the float
+value it stands for. A rule reads its operands' integer values with `Lowering.operand`, which
+quantizes constants and rescales values whose parameters differ from what the rule needs, and
+builds its result with `Lowering.result`, which attaches the planned dtype and parameters.
+Unary functions (sigmoid, tanh, GELU, SiLU, exp, ...) share one rule: a table of the float op
+evaluated on every integer input (256 entries for 8-bit inputs, 513 interpolated for int16).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from npuc.errors import UnsupportedError
+from npuc.ir import DType, Graph, Node, QuantParams, const
+from npuc.ops import OPS, make
+from npuc.ops.quantized import EXP_BITS, per_tensor
+from npuc.quant import arith
+from npuc.quant.constants import encoded_const
+from npuc.quant.weights import quantize_weight
+
+from .quantize import KEEPS_PARAMS, Spec, Stats, is_mask
+
+Rule = Callable[["Lowering", Node], Node]
+RULES: dict[str, Rule] = {}
+I32 = DType.I32
+
+
+def rule(*ops: str) -> Callable[[Rule], Rule]:
+    def register(fn: Rule) -> Rule:
+        for op in ops:
+            RULES[op] = fn
+        return fn
+
+    return register
+
+
+class Lowering:
+    """The state of one lowering: planned specs, lowered values, and how to build integer nodes."""
+
+    def __init__(self, specs: dict[Node, Spec], formats: Callable[[str | None], Any],
+                 stats: Stats) -> None:
+        self.specs, self.formats, self.stats = specs, formats, stats
+        self.env: dict[Node, Node] = {}
+
+    def spec(self, node: Node) -> Spec:
+        return self.specs[node]
+
+    def operand(self, node: Node, want: Spec | None = None, dtype: DType = DType.I8) -> Node:
+        """The integer value of float `node`, with the parameters `want` when given. Constants are
+        quantized to `want`, else per tensor over their own range in `dtype` (int16 symmetric)."""
+        if node.is_const:
+            data = node.data
+            spec = want or Spec(dtype, arith.qparams(*_finite_range(data), dtype,
+                                                     symmetric=dtype == DType.I16))
+            q = arith.quantize(data, *_pair(spec.quant), spec.dtype)
+            return const(q, spec.dtype, node.loc, spec.quant)
+        value = self.env[node]
+        have = self.specs.get(node)
+        if want is None or have == want:
+            return value
+        return make("rescale", [value], {"dtype": want.dtype.value}, node.loc, want.quant)
+
+    def result(self, op: str, inputs: list[Node], attrs: Any, node: Node,
+               spec: Spec | None = None) -> Node:
+        """An integer node computing `node`, with its planned (or the given) spec."""
+        spec = spec or self.spec(node)
+        attrs = dict(attrs or {})
+        if "dtype" in OPS[op].attrs:
+            attrs["dtype"] = spec.dtype.value
+        return make(op, inputs, attrs, node.loc, spec.quant)
+
+
+def _pair(q: QuantParams) -> tuple[float, int]:
+    return q.scale[0], q.zero_point[0]
+
+
+def _finite_range(data: np.ndarray) -> tuple[float, float]:
+    finite = data[np.isfinite(data)]
+    return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+
+
+def unsupported(node: Node, why: str, hint: str) -> UnsupportedError:
+    return UnsupportedError(why, op=node.op, loc=node.loc or "", stage="quantize", hint=hint)
+
+
+def lower(graph: Graph, specs: dict[Node, Spec], formats: Callable[[str | None], Any],
+          stats: Stats) -> tuple[Graph, dict[Node, Node]]:
+    """The integer-only graph and {lowered value: float value it represents}."""
+    lowering = Lowering(specs, formats, stats)
+    env, origins = lowering.env, {}
+    for node in graph.nodes:
+        if node.op == "input":
+            env[node] = node
+            if node.dtype.is_float:
+                env[node] = lowering.result("quantize", [node], {}, node)
+                origins[env[node]] = node
+        elif node.is_const or is_mask(node):
+            env[node] = node  # quantized by the reader that knows the parameters it needs
+        elif not node.dtype.is_float and not any(i.dtype.is_float for i in node.inputs):
+            env[node] = node.with_inputs(tuple(env[i] for i in node.inputs))
+        else:
+            fn = RULES.get(node.op) or (_table if _is_unary(node.op) else None)
+            if fn is None:
+                raise unsupported(node, f"no integer kernel for '{node.op}'",
+                                  "keep this op out of the quantized model, or open an issue")
+            env[node] = fn(lowering, node)
+            origins[env[node]] = node
+    outputs = []
+    for out in graph.outputs:
+        value = env[out]
+        if out.dtype.is_float:
+            value = make("dequantize", [value], {}, out.loc)
+        outputs.append(value)
+    return Graph(graph.inputs, tuple(outputs), graph.name), origins
+
+
+def _is_unary(op: str) -> bool:
+    d = OPS[op]
+    return d.category == "elementwise" and d.arity == (1, 1) and op != "cast"
+
+
+# -- tables ---------------------------------------------------------------------------------------
+
+def input_grid(spec: Spec) -> np.ndarray:
+    """The integer inputs a table is evaluated at: all 256 8-bit codes, or the 513 int16 points
+    -32768 + 128 i that TOSA's interpolated table uses."""
+    if spec.dtype.bits == 8:
+        lo, hi = arith.dtype_range(spec.dtype)
+        return np.arange(lo, hi + 1, dtype=np.int64)
+    return -32768 + 128 * np.arange(513, dtype=np.int64)
+
+
+def _table(lowering: Lowering, node: Node) -> Node:
+    """Any unary float function as a lookup table from the input's codes to the result's."""
+    src = node.inputs[0]
+    x, spec_in, spec = lowering.operand(src), lowering.spec(src), lowering.spec(node)
+    real = arith.dequantize(input_grid(spec_in), *_pair(spec_in.quant))
+    with np.errstate(all="ignore"):  # log(0), 1/0: the table saturates them
+        y = OPS[node.op].impl(node.attrs, real)
+    table = const(arith.quantize(y, *_pair(spec.quant), spec.dtype), spec.dtype, node.loc)
+    return lowering.result("lut", [x, table], {}, node)
+
+
+# -- matrix products ------------------------------------------------------------------------------
+
+@rule("conv", "conv_transpose", "linear")
+def _gemm(lowering: Lowering, node: Node) -> Node:
+    x, w, *bias = node.inputs
+    if not w.is_const:
+        raise unsupported(node, "a layer whose weight is computed at run time",
+                          "use matmul for products of two activations")
+    axis = 1 if node.op == "conv_transpose" else 0
+    if node.op == "conv_transpose" and node.attrs["groups"] != 1:
+        raise unsupported(node, "grouped conv_transpose", "use groups=1")
+    xq = lowering.operand(x)
+    fmt = lowering.formats(node.loc)
+    try:
+        encoded = quantize_weight(w.data, fmt, axis=axis,
+                                  inputs=lowering.stats.layer_inputs.get(node))
+    except ValueError as e:
+        raise unsupported(node, f"weight format {fmt}: {e}",
+                          "choose another format for this layer with the quantize pass's "
+                          "`layers` option") from None
+    channels = len(encoded.scale)
+    wq = encoded_const(encoded, QuantParams(tuple(map(float, encoded.scale)), (0,) * channels,
+                                            axis), w.loc)
+    inputs = [xq, wq]
+    if bias:
+        s_acc = per_tensor(xq.type)[0] * np.asarray(encoded.scale, np.float64)
+        q = np.clip(np.rint(bias[0].data / s_acc), arith.INT32_MIN, arith.INT32_MAX)
+        inputs.append(const(q.astype(np.int32), I32, bias[0].loc,
+                            QuantParams(tuple(map(float, s_acc)), (0,) * channels, 0)))
+    return lowering.result("q" + node.op, inputs, node.attrs, node)
+
+
+@rule("matmul")
+def _matmul(lowering: Lowering, node: Node) -> Node:
+    operands = []
+    for v in node.inputs:  # a constant operand is a weight: symmetric int8 over its range
+        want = None
+        if v.is_const:
+            lo, hi = _finite_range(v.data)
+            want = Spec(DType.I8, arith.qparams(lo, hi, DType.I8, symmetric=True))
+        operands.append(lowering.operand(v, want))
+    return lowering.result("qmatmul", operands, {}, node)
+
+
+# -- elementwise arithmetic -----------------------------------------------------------------------
+
+@rule("add", "sub")
+def _add(lowering: Lowering, node: Node) -> Node:
+    a, b = node.inputs
+    if node.op == "add" and (is_mask(a) or is_mask(b)):
+        x, mask = (b, a) if is_mask(a) else (a, b)
+        return _masked(lowering, node, x, mask)
+    dtype = lowering.spec(node).dtype  # a constant term is as precise as the sum
+    return lowering.result("q" + node.op, [lowering.operand(v, dtype=dtype) for v in (a, b)], {},
+                           node)
+
+
+def _masked(lowering: Lowering, node: Node, x: Node, mask: Node) -> Node:
+    """x + mask, mask in {0, -inf}: x where the mask keeps, the dtype's minimum elsewhere (which
+    qsoftmax reads as minus infinity)."""
+    spec = lowering.spec(node)
+    keep = _keep(mask)
+    floor = const(np.array(arith.dtype_range(spec.dtype)[0]), spec.dtype, mask.loc, spec.quant)
+    return lowering.result("where", [keep, lowering.operand(x, spec), floor], {}, node)
+
+
+def _keep(mask: Node) -> Node:
+    """The bool tensor that is true where `mask` is 0, moved like the mask was moved."""
+    if mask.op == "where":
+        cond, zero_if_true = mask.inputs[0], float(mask.inputs[1].data.reshape(-1)[0]) == 0
+        keep = cond if zero_if_true else make("logical_not", [cond], loc=mask.loc)
+        shape = np.broadcast_shapes(*(i.shape for i in mask.inputs))
+        return keep if keep.shape == shape else make("expand", [keep], {"shape": shape},
+                                                     mask.loc)
+    return make(mask.op, [_keep(mask.inputs[0]), *mask.inputs[1:]], mask.attrs, mask.loc)
+
+
+@rule("mul")
+def _mul(lowering: Lowering, node: Node) -> Node:
+    dtype = lowering.spec(node).dtype
+    return lowering.result("qmul", [lowering.operand(v, dtype=dtype) for v in node.inputs], {},
+                           node)
+
+
+@rule("maximum", "minimum", "where", "concat")
+def _same_params(lowering: Lowering, node: Node) -> Node:
+    """Ops exact on integers once every float operand has the result's parameters."""
+    spec = lowering.spec(node)
+    args = [lowering.operand(v, spec) if v.dtype.is_float else lowering.env[v]
+            for v in node.inputs]
+    return lowering.result(node.op, args, node.attrs, node)
+
+
+@rule(*sorted(KEEPS_PARAMS - {"avg_pool", "adaptive_avg_pool", "resize", "pad", "gather"}))
+def _data_movement(lowering: Lowering, node: Node) -> Node:
+    args = [lowering.operand(node.inputs[0]), *(lowering.env[i] for i in node.inputs[1:])]
+    return lowering.result(node.op, args, node.attrs, node)
+
+
+@rule("pad")
+def _pad(lowering: Lowering, node: Node) -> Node:
+    spec = lowering.spec(node)
+    value = int(arith.quantize(np.float32(node.attrs["value"]), *_pair(spec.quant), spec.dtype))
+    return lowering.result("pad", [lowering.operand(node.inputs[0])],
+                           node.attrs.replace(value=float(value)), node)
+
+
+@rule("gather")
+def _gather(lowering: Lowering, node: Node) -> Node:
+    table, index = node.inputs
+    return lowering.result("gather", [lowering.operand(table, lowering.spec(node)),
+                                      lowering.env[index]], node.attrs, node)
+
+
+@rule("relu", "clamp")
+def _clamp(lowering: Lowering, node: Node) -> Node:
+    """Saturation at the quantized bounds; nothing at all when the result's range already ends
+    where the clamp does (the producer absorbed it)."""
+    spec = lowering.spec(node)
+    x = lowering.operand(node.inputs[0], spec)
+    lo, hi = (0.0, np.inf) if node.op == "relu" else (node.attrs["min"], node.attrs["max"])
+    dmin, dmax = arith.dtype_range(spec.dtype)
+    qlo, qhi = (int(arith.quantize(np.float32(v), *_pair(spec.quant), spec.dtype))
+                for v in (lo, hi))
+    if qlo <= dmin and qhi >= dmax:
+        return x
+    attrs = {"min": qlo if qlo > dmin else None, "max": qhi if qhi < dmax else None}
+    return lowering.result("rescale", [x], attrs, node)
+
+
+@rule("prelu")
+def _prelu(lowering: Lowering, node: Node) -> Node:
+    x, slope = node.inputs
+    lo, hi = _finite_range(slope.data)
+    want = Spec(DType.I8, arith.qparams(lo, hi, DType.I8, symmetric=True))
+    return lowering.result("qprelu", [lowering.operand(x), lowering.operand(slope, want)], {},
+                           node)
+
+
+@rule("cast")
+def _cast(lowering: Lowering, node: Node) -> Node:
+    """An integer or bool value made float: its integers at scale 1, rescaled to the plan."""
+    src = node.inputs[0]
+    if src.dtype.is_float:
+        if node.dtype.is_float:
+            return lowering.operand(src, lowering.spec(node))
+        raise unsupported(node, "a float-to-integer cast inside a quantized graph",
+                          "cast the model's inputs instead")
+    ints = make("cast", [lowering.env[src]], {"dtype": "i32"}, node.loc, QuantParams((1.0,), (0,)))
+    return lowering.result("rescale", [ints], {}, node)
+
+
+@rule("eq", "ne", "lt", "le", "gt", "ge")
+def _compare(lowering: Lowering, node: Node) -> Node:
+    a, b = node.inputs
+    common = lowering.spec(b if a.is_const else a)
+    return make(node.op, [lowering.operand(a, common), lowering.operand(b, common)], {},
+                node.loc)
+
+
+# -- reductions, pooling, resizing ----------------------------------------------------------------
+
+@rule("mean", "sum")
+def _reduce(lowering: Lowering, node: Node) -> Node:
+    return lowering.result("q" + node.op, [lowering.operand(node.inputs[0])], node.attrs, node)
+
+
+@rule("avg_pool")
+def _avg_pool(lowering: Lowering, node: Node) -> Node:
+    return lowering.result("qavg_pool", [lowering.operand(node.inputs[0])], node.attrs, node)
+
+
+@rule("adaptive_avg_pool")
+def _adaptive_avg_pool(lowering: Lowering, node: Node) -> Node:
+    sizes = node.inputs[0].shape[2:]
+    if any(s % o for s, o in zip(sizes, node.attrs["size"], strict=True)):
+        raise unsupported(node, f"adaptive average pooling of {sizes} to {node.attrs['size']} "
+                          "with uneven windows", "choose an output size that divides the input")
+    kernel = tuple(s // o for s, o in zip(sizes, node.attrs["size"], strict=True))
+    attrs = {"kernel": kernel, "stride": kernel, "padding": (0,) * (2 * len(kernel)),
+             "dilation": (1,) * len(kernel)}
+    return lowering.result("qavg_pool", [lowering.operand(node.inputs[0])], attrs, node)
+
+
+@rule("resize")
+def _resize(lowering: Lowering, node: Node) -> Node:
+    return lowering.result("qresize", [lowering.operand(node.inputs[0])], node.attrs, node)
+
+
+# -- softmax and normalisation --------------------------------------------------------------------
+
+def exp_table(spec: Spec) -> np.ndarray:
+    """round(2**16 * exp(-d * scale)) at the d qsoftmax looks up: 0..255 for 8-bit inputs, the
+    513 points 128 i for int16 inputs."""
+    steps = np.arange(256) if spec.dtype.bits == 8 else 128 * np.arange(513)
+    return np.rint(np.exp(-steps * per_scale(spec)) * (1 << EXP_BITS)).astype(np.int32)
+
+
+def per_scale(spec: Spec) -> float:
+    return spec.quant.scale[0]
+
+
+@rule("softmax")
+def _softmax(lowering: Lowering, node: Node) -> Node:
+    src = node.inputs[0]
+    table = const(exp_table(lowering.spec(src)), I32, node.loc)
+    return lowering.result("qsoftmax", [lowering.operand(src), table], node.attrs, node)
+
+
+LOG_TABLE = np.rint(np.log1p(np.arange(256) / 256) * (1 << EXP_BITS)).astype(np.int32)
+
+
+@rule("log_softmax")
+def _log_softmax(lowering: Lowering, node: Node) -> Node:
+    src = node.inputs[0]
+    tables = [const(exp_table(lowering.spec(src)), I32, node.loc), const(LOG_TABLE, I32, node.loc)]
+    return lowering.result("qlog_softmax", [lowering.operand(src), *tables], node.attrs, node)
+
+
+@rule("layer_norm", "group_norm")
+def _norm(lowering: Lowering, node: Node) -> Node:
+    """gamma and beta become per-element requantization: multiplier and shift of
+    gamma / (2**16 * s_out) (gamma's sign on the multiplier) and bias beta / s_out."""
+    from npuc.ops.quantized import NORM_BITS
+
+    x, *affine = node.inputs
+    shape = x.shape[-node.attrs["ndim"]:] if node.op == "layer_norm" else (x.shape[1],)
+    gamma = affine[0].data.astype(np.float64) if affine else np.ones(shape)
+    beta = affine[1].data.astype(np.float64) if len(affine) > 1 else np.zeros(shape)
+    s_out = per_scale(lowering.spec(node))
+    mult, shift = arith.multipliers(np.abs(gamma) / ((1 << NORM_BITS) * s_out))
+    mult = np.where(gamma < 0, -mult, mult)
+    bias = np.clip(np.rint(beta / s_out), arith.INT32_MIN, arith.INT32_MAX)
+    params = [const(v.astype(np.int32), I32, node.loc) for v in (mult, shift, bias)]
+    return lowering.result("q" + node.op, [lowering.operand(x), *params], node.attrs, node)
+
+
+def _check_rules() -> None:
+    """Every rule's integer op exists (caught at import, not mid-compile)."""
+    for op in RULES:
+        if op not in OPS:  # pragma: no cover - a typo in this file
+            raise AssertionError(f"integer lowering rule for unknown op {op}")
+
+
+_check_rules()

@@ -1,0 +1,289 @@
+"""quantize: calibrate the float graph and lower it to integer-only ops.
+
+Contract. Requires a float graph and calibration data (`ctx.calibration`). Ensures a graph whose
+only float ops are `quantize` on its float inputs and `dequantize` on its float outputs; every
+other value is integer, with its quantization parameters in its type: activations int8 asymmetric
+per tensor, or int16 symmetric where the target's `[quantize] int16` lists an op that reads them;
+weights in the chosen format with per-output-channel scales; biases int32 at s_in * s_w. The
+result approximates the float graph; `cm.compare` measures where it loses accuracy.
+
+Three steps:
+1. `prepare` rewrites the float graph exactly into forms with integer kernels: division by a
+   constant becomes multiplication, other division a reciprocal times, GLU a sigmoid gate,
+   global adaptive pooling a mean, and huge finite mask constants (-3.4e38) become -inf.
+2. Calibration runs the prepared graph on every calibration input with one observer per value
+   (`npuc.quant.observers`); `plan` turns ranges into dtypes and parameters. Ops that only move
+   data keep their input's parameters; a ReLU/ReLU6/clamp gives its range to a sole producer
+   that requantizes, so the clamp is the producer's saturation.
+3. `npuc.passes.integer_lowering` replaces each op by its integer form.
+
+The lowered graph's meta holds "float_graph" (the prepared float graph) and "origins" (lowered
+value -> the float value it represents), which `CompiledModel.compare` reads.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from npuc.interpreter import interpret
+from npuc.ir import DType, Graph, Node, QuantParams, const
+from npuc.ops import OPS, make
+from npuc.pipeline import PassContext, plural, register_pass
+from npuc.quant import arith
+from npuc.quant.observers import Observer, make_observer
+from npuc.quant.weights import parse_weight_format
+from npuc.rewrite import rewrite
+
+from .calibration import require_calibration, value_keys
+
+# Ops whose result is requantized from an accumulator: a clamp right after one is free.
+REQUANTIZING = frozenset({"conv", "conv_transpose", "linear", "matmul", "add", "sub", "mul",
+                          "mean", "sum", "layer_norm", "group_norm", "prelu"})
+# Ops whose result keeps the input's parameters: they move, pick or average values.
+KEEPS_PARAMS = frozenset({"reshape", "permute", "expand", "slice", "flip", "pad", "pixel_shuffle",
+                          "max_pool", "amax", "amin", "avg_pool", "adaptive_avg_pool", "resize",
+                          "gather"})
+CLAMPS = frozenset({"relu", "clamp"})
+HUGE = 1e30  # finite constants beyond this are masks standing in for infinity
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one float value is stored once quantized."""
+
+    dtype: DType
+    quant: QuantParams
+
+
+@register_pass("quantize", exact=False)
+def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
+             percentile: float = 99.99, weights: str | None = None,
+             layers: dict | None = None, int16: tuple | list | None = None,
+             progress: bool | None = None) -> Graph:
+    """Calibrate and lower to integer-only ops (W8A8 by default; see the module docstring).
+
+    observer: "minmax" (default), "moving_average", "percentile" or "mse".
+    weights: the weight format of every layer ("int8", "int4".."int2", "ternary", "palette4",
+    "palette4:g8", ...); layers: {module-path glob: format} overrides per layer.
+    int16: ops whose operands are int16 (default from the target, e.g. softmax, layer_norm).
+    """
+    defaults: Mapping[str, Any] = getattr(ctx.target, "quantize", None) or {}
+    observer = observer or defaults.get("observer", "minmax")
+    weights = weights or defaults.get("weights", "int8")
+    wide_ops = frozenset(int16 if int16 is not None else defaults.get("int16", ()))
+    formats = FormatChooser(weights, layers or {})
+    calibration = require_calibration(ctx.calibration, "quantize")
+
+    from .integer_lowering import lower
+
+    float_graph = prepare(graph)
+    stats = calibrate(float_graph, calibration, observer, percentile=percentile,
+                      progress=progress)
+    specs = plan(float_graph, stats, wide_ops)
+    lowered, origins = lower(float_graph, specs, formats, stats)
+    lowered = Graph(lowered.inputs, lowered.outputs, lowered.name,
+                    {**graph.meta, "float_graph": float_graph, "origins": origins})
+    wide = sum(s.dtype == DType.I16 for s in specs.values())
+    ctx.note(f"quantize: {plural(len(specs), 'value')} quantized ({wide} int16), weights "
+             f"{formats}, observer {observer}, {plural(len(calibration), 'calibration batch')}")
+    return lowered
+
+
+class FormatChooser:
+    """The weight format of a layer: the first `layers` glob matching its module path, else the
+    default."""
+
+    def __init__(self, default: str, layers: Mapping[str, str]) -> None:
+        self.default = parse_weight_format(default)
+        self.layers = {glob: parse_weight_format(f) for glob, f in layers.items()}
+
+    def __call__(self, loc: str | None) -> Any:
+        for glob, fmt in self.layers.items():
+            if fnmatch.fnmatchcase(loc or "", glob):
+                return fmt
+        return self.default
+
+    def __str__(self) -> str:
+        extra = f" ({len(self.layers)} overrides)" if self.layers else ""
+        return f"{self.default}{extra}"
+
+
+# -- 1. exact float rewrites into forms with integer kernels ---------------------------------------
+
+def prepare(graph: Graph) -> Graph:
+    """Rewrite division, GLU, global adaptive pooling and mask constants (exactly)."""
+
+    def rule(node: Node) -> Node | None:
+        if node.op == "div" and node.dtype.is_float:
+            x, y = node.inputs
+            if y.is_const:
+                return make("mul", [x, const(np.float32(1) / y.data, loc=y.loc)], loc=node.loc)
+            return make("mul", [x, make("reciprocal", [y], loc=node.loc)], loc=node.loc)
+        if node.op == "glu":
+            return _glu(node)
+        if node.op == "adaptive_avg_pool" and set(node.attrs["size"]) == {1}:
+            axes = tuple(range(2, node.inputs[0].type.rank))
+            return make("mean", node.inputs, {"axes": axes, "keepdim": True}, loc=node.loc)
+        if node.op == "where" and node.dtype.is_float:
+            args = [_infinite(i) for i in node.inputs]
+            if any(a is not i for a, i in zip(args, node.inputs, strict=True)):
+                return node.with_inputs(tuple(args))
+        return None
+
+    return rewrite(graph, rule)
+
+
+def _glu(node: Node) -> Node:
+    x, axis = node.inputs[0], node.attrs["axis"] % node.inputs[0].type.rank
+    half = x.shape[axis] // 2
+
+    def part(start: int) -> Node:
+        return make("slice", [x], {"axis": axis, "start": start, "end": start + half, "step": 1},
+                    loc=node.loc)
+
+    gate = make("sigmoid", [part(half)], loc=node.loc)
+    return make("mul", [part(0), gate], loc=node.loc)
+
+
+def _infinite(node: Node) -> Node:
+    """A scalar constant at +-3.4e38 (a mask's "minus infinity") as a true infinity."""
+    if node.is_const and node.dtype.is_float and node.type.size == 1:
+        value = float(node.data.reshape(()))
+        if abs(value) >= HUGE and np.isfinite(value):
+            return const(np.full(node.shape, np.copysign(np.inf, value), np.float32), loc=node.loc)
+    return node
+
+
+# -- 2. calibration and the quantization plan ------------------------------------------------------
+
+@dataclass
+class Stats:
+    """What calibration learned: a range per float value, and sample inputs of each layer."""
+
+    ranges: dict[Node, tuple[float, float]]
+    layer_inputs: dict[Node, np.ndarray]
+
+
+def calibrate(graph: Graph, calibration: list[tuple], kind: str, *, percentile: float = 99.99,
+              progress: bool | None = None, samples: int = 512) -> Stats:
+    """Run `graph` on every calibration tuple, feeding each float value to its own observer."""
+    options = {"percentile": percentile} if kind == "percentile" else {}
+    watched = [n for n in graph.nodes if n.dtype.is_float and not n.is_const]
+    observers: dict[Node, Observer] = {n: make_observer(kind, **options) for n in watched}
+    layers = [n for n in graph.nodes if n.op == "linear"]
+    sampled: dict[Node, np.ndarray] = {}
+    rows = {n.inputs[0]: n for n in layers}
+
+    def observe(node: Node, value: np.ndarray) -> None:
+        if node in observers:
+            observers[node].update(value)
+        if node in rows and rows[node] not in sampled:
+            flat = np.asarray(value, np.float32).reshape(-1, value.shape[-1])
+            sampled[rows[node]] = flat[:: max(1, len(flat) // samples)][:samples]
+
+    bar = tqdm(calibration, desc="calibrating", unit="batch", leave=False,
+               disable=not progress if progress is not None else len(calibration) < 8)
+    for inputs in bar:
+        for node, value in zip(graph.inputs, inputs, strict=True):
+            if node in observers:
+                observers[node].update(np.asarray(value.detach().cpu().numpy()
+                                                  if hasattr(value, "detach") else value))
+        interpret(graph, *inputs, observe=observe)
+    ranges = {}
+    for node, obs in observers.items():
+        lo, hi = obs.range()
+        ranges[node] = (float(lo), float(hi))
+    keys = value_keys(graph)
+    learned = graph.meta.get("activation_ranges", {})  # MobileQuant's learned clipping ranges
+    for node in watched:
+        if keys[node] in learned:
+            ranges[node] = tuple(map(float, learned[keys[node]]))
+    return Stats(ranges, sampled)
+
+
+def is_mask(node: Node) -> bool:
+    """A float value that only selects between 0 and -inf (an attention mask), through data
+    movement."""
+    while node.op in KEEPS_PARAMS:
+        node = node.inputs[0]
+    if node.op != "where":
+        return False
+    values = [float(v.data.reshape(-1)[0]) for v in node.inputs[1:]
+              if v.is_const and v.type.size == 1]
+    return len(values) == 2 and sorted(values) == [-np.inf, 0.0]
+
+
+def _static(node: Node) -> bool:
+    return node.is_const or is_mask(node)
+
+
+def wide_values(graph: Graph, wide_ops: Iterable[str]) -> set[Node]:
+    """Values stored as int16: every float operand of a `wide_ops` op, and backwards from there
+    through data movement, through elementwise ops whose other operands are constants or masks
+    (so attention scores stay int16 from the matmul that makes them to the softmax), and into the
+    operands of a residual add that only the add reads (a layer's output joining the residual
+    stream is written as int16 at no cost to other readers)."""
+    wide_ops = set(wide_ops)
+    wide: set[Node] = set()
+    for node in reversed(graph.nodes):
+        operands = [i for i in node.inputs if i.dtype.is_float and not _static(i)]
+        if node.op in wide_ops:
+            wide.update(operands)
+        elif node not in wide:
+            continue
+        elif node.op in KEEPS_PARAMS or node.op in CLAMPS or (
+                node.op in ("add", "sub", "mul", "where") and len(operands) == 1):
+            wide.update(operands[:1])
+        elif node.op in ("add", "sub"):
+            wide.update(i for i in operands
+                        if i.op in REQUANTIZING and graph.sole_reader(i) is node)
+    return wide
+
+
+def _params(lo: float, hi: float, dtype: DType) -> Spec:
+    return Spec(dtype, arith.qparams(lo, hi, dtype, symmetric=dtype == DType.I16))
+
+
+SOFTMAX_OUT = {DType.I8: QuantParams((1 / 256,), (-128,)), DType.I16: QuantParams((1 / 32768,),
+                                                                                  (0,))}
+
+
+def plan(graph: Graph, stats: Stats, wide_ops: Iterable[str]) -> dict[Node, Spec]:
+    """The dtype and parameters of every float, non-constant, non-mask value."""
+    wide = wide_values(graph, wide_ops)
+    ranges = dict(stats.ranges)
+    for node in graph.nodes:  # a clamp lends its range to a producer that requantizes anyway
+        if node.op in CLAMPS:
+            src = node.inputs[0]
+            if src.op in REQUANTIZING and graph.sole_reader(src) is node and src in ranges:
+                ranges[src] = ranges[node]
+    specs: dict[Node, Spec] = {}
+    for node in graph.nodes:
+        if not node.dtype.is_float or node.is_const or is_mask(node):
+            continue
+        dtype = DType.I16 if node in wide else DType.I8
+        src = node.inputs[0] if node.inputs else None
+        if node.op == "gather" and src.is_const:
+            data = src.data
+            specs[node] = _params(float(data.min()), float(data.max()), dtype)
+        elif node.op in KEEPS_PARAMS and src in specs:
+            specs[node] = specs[src]
+        elif node.op == "softmax":
+            specs[node] = Spec(dtype, SOFTMAX_OUT[dtype])
+        else:
+            specs[node] = _params(*ranges[node], dtype)
+    return specs
+
+
+def supported_ops() -> list[str]:
+    """Float ops the quantize pass lowers (for error messages and docs)."""
+    from .integer_lowering import RULES
+
+    return sorted(set(RULES) | set(KEEPS_PARAMS) | {op for op, d in OPS.items()
+                                                    if d.category == "elementwise"})
