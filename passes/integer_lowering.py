@@ -215,6 +215,8 @@ def _masked(lowering: Lowering, node: Node, x: Node, mask: Node) -> Node:
 
 def _keep(mask: Node) -> Node:
     """The bool tensor that is true where `mask` is 0, moved like the mask was moved."""
+    if mask.is_const:
+        return const(mask.data == 0, DType.BOOL, mask.loc)
     if mask.op == "where":
         cond, zero_if_true = mask.inputs[0], float(mask.inputs[1].data.reshape(-1)[0]) == 0
         keep = cond if zero_if_true else make("logical_not", [cond], loc=mask.loc)

@@ -50,7 +50,7 @@ KEEPS_PARAMS = frozenset({"reshape", "permute", "expand", "slice", "flip", "pad"
                           "max_pool", "amax", "amin", "avg_pool", "adaptive_avg_pool", "resize",
                           "gather"})
 CLAMPS = frozenset({"relu", "clamp"})
-HUGE = 1e30  # finite constants beyond this are masks standing in for infinity
+MASK_VALUE = -1e4  # additive mask constants at or below this stand for minus infinity
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def prepare(graph: Graph) -> Graph:
         if node.op == "adaptive_avg_pool" and set(node.attrs["size"]) == {1}:
             axes = tuple(range(2, node.inputs[0].type.rank))
             return make("mean", node.inputs, {"axes": axes, "keepdim": True}, loc=node.loc)
-        if node.op == "where" and node.dtype.is_float:
+        if node.op in ("where", "add") and node.dtype.is_float:
             args = [_infinite(i) for i in node.inputs]
             if any(a is not i for a, i in zip(args, node.inputs, strict=True)):
                 return node.with_inputs(tuple(args))
@@ -152,11 +152,15 @@ def _glu(node: Node) -> Node:
 
 
 def _infinite(node: Node) -> Node:
-    """A scalar constant at +-3.4e38 (a mask's "minus infinity") as a true infinity."""
-    if node.is_const and node.dtype.is_float and node.type.size == 1:
-        value = float(node.data.reshape(()))
-        if abs(value) >= HUGE and np.isfinite(value):
-            return const(np.full(node.shape, np.copysign(np.inf, value), np.float32), loc=node.loc)
+    """A mask constant (every value 0 or at most -1e4: -1e9, -3.4e38, ...) with -inf for its
+    negatives. Softmax gives those entries probability exactly 0 either way in float32, and
+    calibration then ignores them instead of stretching the scores' range to -1e9."""
+    if node.is_const and node.dtype.is_float:
+        data = node.data
+        masked = data <= MASK_VALUE
+        if masked.any() and np.isfinite(data[masked]).any() and np.all(masked | (data == 0)):
+            return const(np.where(masked, np.float32(-np.inf), data).astype(np.float32),
+                         loc=node.loc)
     return node
 
 
@@ -208,10 +212,13 @@ def calibrate(graph: Graph, calibration: list[tuple], kind: str, *, percentile: 
 
 
 def is_mask(node: Node) -> bool:
-    """A float value that only selects between 0 and -inf (an attention mask), through data
-    movement."""
+    """A float value that is 0 or -inf (an attention mask): a constant, or a `where` between
+    the two, seen through data movement."""
     while node.op in KEEPS_PARAMS:
         node = node.inputs[0]
+    if node.is_const and node.dtype.is_float:
+        values = np.unique(node.data)
+        return -np.inf in values and set(values.tolist()) <= {0.0, -np.inf}
     if node.op != "where":
         return False
     values = [float(v.data.reshape(-1)[0]) for v in node.inputs[1:]
@@ -224,13 +231,14 @@ def _static(node: Node) -> bool:
 
 
 def wide_values(graph: Graph, wide_ops: Iterable[str]) -> set[Node]:
-    """Values stored as int16: every float operand of a `wide_ops` op, and backwards from there
+    """Values stored as int16: every float operand of a `wide_ops` op ("output": the graph's
+    outputs, so a classifier's logits are not rounded to 256 levels), and backwards from there
     through data movement, through elementwise ops whose other operands are constants or masks
     (so attention scores stay int16 from the matmul that makes them to the softmax), and into the
     operands of a residual add that only the add reads (a layer's output joining the residual
     stream is written as int16 at no cost to other readers)."""
     wide_ops = set(wide_ops)
-    wide: set[Node] = set()
+    wide: set[Node] = set(graph.outputs) if "output" in wide_ops else set()
     for node in reversed(graph.nodes):
         operands = [i for i in node.inputs if i.dtype.is_float and not _static(i)]
         if node.op in wide_ops:

@@ -4,8 +4,9 @@
     npuc.targets.get("npu-int8")  # a Target
     npuc.targets.load(path)       # a user's file
 
-A target file names its default pass pipeline now; the engines, memories and energy tables the
-simulator needs join the schema with the simulator. Unknown keys and wrong types are load
+A target file names its default pass pipeline and, in `[quantize]`, the defaults of the quantize
+pass (weight format, observer, which values are int16); the engines, memories and energy tables
+the simulator needs join the schema with the simulator. Unknown keys and wrong types are load
 errors that name the key and the file.
 """
 
@@ -85,8 +86,27 @@ def load(path: str | Path) -> Target:
             get(name)
         except KeyError as e:
             raise TargetError(f"{path}: compile.pipeline: {e.args[0]}") from None
-    return Target(data["name"], data["description"], tuple(pipeline), path,
-                  dict(data.get("quantize", {})))
+    quantize = dict(data.get("quantize", {}))
+    _check_quantize(quantize, path)
+    return Target(data["name"], data["description"], tuple(pipeline), path, quantize)
+
+
+def _check_quantize(options: dict[str, Any], path: Path) -> None:
+    """The [quantize] table's values name real formats, observers and ops."""
+    from npuc.ops import OPS
+    from npuc.quant.observers import OBSERVERS
+    from npuc.quant.weights import parse_weight_format
+
+    try:
+        parse_weight_format(options.get("weights", "int8"))
+    except ValueError as e:
+        raise TargetError(f"{path}: 'quantize.weights': {e}") from None
+    if options.get("observer", "minmax") not in OBSERVERS:
+        raise TargetError(f"{path}: 'quantize.observer' must be one of {', '.join(OBSERVERS)}")
+    unknown = [op for op in options.get("int16", []) if op not in OPS and op != "output"]
+    if unknown:
+        raise TargetError(f"{path}: 'quantize.int16': unknown op(s) {unknown}; list IR ops "
+                          "(e.g. softmax, layer_norm) or 'output'")
 
 
 def names() -> list[str]:

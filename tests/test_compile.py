@@ -59,7 +59,14 @@ def test_target_files_are_validated(tmp_path: Path) -> None:
     bad.write_text('name = "x"\ndescription = "y"\n[compile]\npipeline = ["csx"]\n')
     with pytest.raises(npuc.targets.TargetError, match="unknown pass 'csx'"):
         npuc.targets.load(bad)
-    assert {"npu-int8", "cpu-fp32"} <= set(npuc.targets.names())
+    for line, message in [('weights = "int9"', "quantize.weights': unknown weight format"),
+                          ('observer = "median"', "quantize.observer' must be one of minmax"),
+                          ('int16 = ["sofmax"]', r"unknown op\(s\) \['sofmax'\]")]:
+        bad.write_text(f'name = "x"\ndescription = "y"\n[quantize]\n{line}\n')
+        with pytest.raises(npuc.targets.TargetError, match=message):
+            npuc.targets.load(bad)
+    assert {"npu-int8", "npu-w4a8", "cpu-fp32"} <= set(npuc.targets.names())
+    assert npuc.targets.get("npu-w4a8").quantize["weights"] == "int4"
 
 
 def npuc_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

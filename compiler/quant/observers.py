@@ -9,8 +9,8 @@ The contract of `range()`, for every observer:
 - `lo <= 0 <= hi`: the range is widened to include zero, so that zero is exactly representable;
   `symmetric=True` widens it further to `lo == -hi`.
 - `hi - lo >= MIN_WIDTH`, so the consumer can divide by the width: a narrower range (all-zero
-  data, or no finite value at all) keeps `lo` and raises `hi` to `lo + MIN_WIDTH`; a symmetric
-  one becomes at least (-MIN_WIDTH / 2, MIN_WIDTH / 2).
+  or constant-zero data, no finite value at all) keeps `lo` and raises `hi` to `lo + MIN_WIDTH`;
+  a symmetric one becomes at least (-MIN_WIDTH / 2, MIN_WIDTH / 2).
 - Non-finite values (±inf from attention masks, NaN) are ignored; a tensor or channel without
   finite values has the range of an all-zero one. `range()` before any `update` is a ValueError.
 - The state has a fixed size, whatever the number of batches.
@@ -131,13 +131,24 @@ def _extrema(rows: np.ndarray, finite: np.ndarray | None) -> tuple[np.ndarray, n
     return lo, hi
 
 
-class MinMaxObserver(Observer):
+class _Extrema(Observer):
+    """Shared by the min-max and moving-average observers: one lo and one hi per channel."""
+
+    def __init__(self, *, axis: int | None, bits: int, symmetric: bool) -> None:
+        super().__init__(axis=axis, bits=bits, symmetric=symmetric)
+        self._lo: np.ndarray | None = None
+        self._hi: np.ndarray | None = None
+
+    def _raw_range(self) -> tuple[np.ndarray, np.ndarray]:
+        assert self._lo is not None and self._hi is not None
+        return self._lo, self._hi
+
+
+class MinMaxObserver(_Extrema):
     """The smallest and largest finite value over all batches."""
 
     def __init__(self, *, axis: int | None = None, bits: int = 8, symmetric: bool = False) -> None:
         super().__init__(axis=axis, bits=bits, symmetric=symmetric)
-        self._lo: np.ndarray | None = None
-        self._hi: np.ndarray | None = None
 
     def _observe(self, rows: np.ndarray, finite: np.ndarray | None) -> None:
         lo, hi = _extrema(rows, finite)
@@ -146,12 +157,8 @@ class MinMaxObserver(Observer):
         else:
             self._lo, self._hi = np.minimum(self._lo, lo), np.maximum(self._hi, hi)
 
-    def _raw_range(self) -> tuple[np.ndarray, np.ndarray]:
-        assert self._lo is not None and self._hi is not None
-        return self._lo, self._hi
 
-
-class MovingAverageObserver(Observer):
+class MovingAverageObserver(_Extrema):
     """An exponential moving average of each batch's min and max:
     lo <- (1 - momentum) * lo + momentum * batch_min (likewise hi). A channel's first batch with
     a finite value initialises it; batches where a channel has no finite value leave it as is."""
@@ -162,8 +169,6 @@ class MovingAverageObserver(Observer):
         if not 0.0 < momentum <= 1.0:
             raise ValueError(f"momentum must be in (0, 1], got {momentum!r}")
         self.momentum = float(momentum)
-        self._lo: np.ndarray | None = None
-        self._hi: np.ndarray | None = None
 
     def _observe(self, rows: np.ndarray, finite: np.ndarray | None) -> None:
         lo, hi = _extrema(rows, finite)
@@ -175,10 +180,6 @@ class MovingAverageObserver(Observer):
         seen, fresh = np.isfinite(self._lo), np.isfinite(lo)
         self._lo = np.where(seen & fresh, (1 - m) * self._lo + m * lo, np.where(seen, self._lo, lo))
         self._hi = np.where(seen & fresh, (1 - m) * self._hi + m * hi, np.where(seen, self._hi, hi))
-
-    def _raw_range(self) -> tuple[np.ndarray, np.ndarray]:
-        assert self._lo is not None and self._hi is not None
-        return self._lo, self._hi
 
 
 class _Histograms:
@@ -263,8 +264,8 @@ class _Histograms:
         rows = np.arange(len(i))
         count = self.counts[rows, j]
         rank_in_bin = i - (cumulative[rows, j] - count)
-        where = (rank_in_bin + 0.5) / np.maximum(count, 1.0)
-        return (self.start + j + where) * self.width
+        offset = (rank_in_bin + 0.5) / np.maximum(count, 1.0)
+        return (self.start + j + offset) * self.width
 
 
 class _HistogramObserver(Observer):
