@@ -158,7 +158,7 @@ def parse(text: str, weights: Mapping[str, np.ndarray] | None = None) -> Graph:
                 node = _const(attrs, type_, weights, loc)
             else:
                 operands = [_lookup(values, a) for a in (args or "").split(",") if a.strip()]
-                node = _checked(make(op, operands, attrs, loc), type_)
+                node = _checked(make(op, operands, attrs, loc, type_.quant), type_)
             values[name] = node
         except (ParseError, TypeError, KeyError, ValueError) as e:
             raise ParseError(f"line {lineno}: {e}\n  {line.strip()}") from None

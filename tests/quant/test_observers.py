@@ -124,6 +124,17 @@ def test_per_channel_is_per_tensor_on_each_channel(data: np.ndarray, kind: str, 
         assert (lo[c], hi[c]) == want, c
 
 
+@pytest.mark.parametrize("kind", ["percentile", "mse"])
+def test_many_channels_match_per_tensor_across_chunks(kind: str) -> None:
+    # 100 channels: the MSE search runs in chunks of channels; check around their edges
+    rng = np.random.default_rng(4)
+    x = rng.standard_t(3, (64, 100)) * rng.uniform(0.1, 10, 100)
+    lo, hi = observe(make_observer(kind, axis=-1, bits=4), np.split(x, 2)).range()
+    for c in [0, 1, 38, 39, 40, 41, 79, 80, 81, 99]:
+        want = observe(make_observer(kind, bits=4), np.split(x[:, c], 2)).range()
+        assert (lo[c], hi[c]) == want, c
+
+
 def test_negative_axis_counts_from_the_end() -> None:
     data = np.random.default_rng(0).standard_normal((4, 3, 5))
     for kind in KINDS:
@@ -223,9 +234,9 @@ def test_percentile_100_is_min_max_within_one_bin(data: np.ndarray, axis: int | 
     assert (np.abs(hi - max_hi) <= obs.bin_width()).all()
 
 
-@pytest.mark.parametrize("scales", [[1e-6], [1.0], [1e6], [1e-6, 1e6], [1e6, 1e-6, 1.0]])
+@pytest.mark.parametrize("scales", [[1e-8], [1.0], [1e6], [1e-8, 1e6], [1e6, 1e-8, 1.0]])
 def test_bins_follow_the_scale_of_the_data(scales: list[float]) -> None:
-    # batches 1e12 apart: the grid doubles ~40 times at once and must still end up minimal
+    # batches 1e14 apart: the grid doubles ~47 times at once and must still end up minimal
     rng = np.random.default_rng(2)
     batches = [scale * rng.standard_normal(3_000) for scale in scales]
     obs = observe(PercentileObserver(percentile=99.0), batches)
@@ -414,11 +425,10 @@ def test_all_non_finite_is_like_all_zero(kind: str) -> None:
 
 
 def _state(obs: Observer) -> tuple[int, list[tuple[str, tuple[int, ...]]]]:
-    arrays = [(name, value.shape) for name, value in vars(obs).items()
-              if isinstance(value, np.ndarray)]
-    hist = getattr(obs, "_hist", None)  # the histogram observers' per-channel histograms
-    arrays += [(f"_hist.{name}", value.shape) for name, value in vars(hist or obs).items()
-               if hist is not None and isinstance(value, np.ndarray)]
+    """The pickled size, and the shape of every array in the observer or its histograms."""
+    parts = [obs, getattr(obs, "_hist", None)]
+    arrays = [(f"{type(part).__name__}.{name}", value.shape) for part in parts if part is not None
+              for name, value in vars(part).items() if isinstance(value, np.ndarray)]
     return len(pickle.dumps(obs)), sorted(arrays)
 
 
@@ -457,12 +467,15 @@ def test_make_observer_errors_name_the_choices() -> None:
         make_observer("percentile", percentil=99.0)
 
 
-@pytest.mark.parametrize("kind, options", [
-    ("minmax", {"bits": 1}), ("mse", {"bits": 33}), ("minmax", {"axis": 1.0}),
-    ("moving_average", {"momentum": 0.0}), ("moving_average", {"momentum": 1.5}),
-    ("percentile", {"percentile": 40.0}), ("percentile", {"percentile": 100.5}),
-    ("mse", {"bins": 8}),
+@pytest.mark.parametrize("kind, options, error", [
+    ("minmax", {"bits": 1}, ValueError), ("mse", {"bits": 33}, ValueError),
+    ("minmax", {"axis": 1.0}, TypeError),
+    ("moving_average", {"momentum": 0.0}, ValueError),
+    ("moving_average", {"momentum": 1.5}, ValueError),
+    ("percentile", {"percentile": 40.0}, ValueError),
+    ("percentile", {"percentile": 100.5}, ValueError), ("mse", {"bins": 8}, ValueError),
 ])
-def test_bad_option_values_are_rejected(kind: str, options: dict[str, object]) -> None:
-    with pytest.raises((ValueError, TypeError)):
+def test_bad_option_values_are_rejected(kind: str, options: dict[str, object],
+                                        error: type[Exception]) -> None:
+    with pytest.raises(error, match=next(iter(options))):
         make_observer(kind, **options)
