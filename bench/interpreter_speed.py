@@ -3,7 +3,8 @@
     python bench/interpreter_speed.py
 
 Measures, for each model, capture time, the interpreter's median wall time over 5 runs (after
-one warm-up), PyTorch eager's for scale, and the relative error between the two.
+one warm-up) on the float graph and on the npu-int8 integer-only graph (calibrated on the
+example inputs), PyTorch eager's for scale, and the relative errors against PyTorch.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def median_seconds(fn, repeats: int = 5) -> float:  # noqa: ANN001
 
 
 def main() -> None:
-    rows = ["| model | nodes | MACs | capture s | interpreter s | PyTorch eager s | rel. error |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| model | nodes | MACs | capture s | float interpreter s | int8 interpreter s | "
+            "PyTorch eager s | float rel. error | int8 rel. error |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in MODELS:
         model, inputs = ZOO[name]()
         start = time.perf_counter()
@@ -50,9 +52,13 @@ def main() -> None:
             want = model(*inputs).numpy()
         got = npuc.interpret(graph, *inputs)[0]
         err = np.linalg.norm(got - want) / np.linalg.norm(want)
+        lowered = npuc.compile(graph, inputs, target="npu-int8").ir
+        int_s = median_seconds(lambda g=lowered, x=inputs: npuc.interpret(g, *x))
+        int_err = np.linalg.norm(npuc.interpret(lowered, *inputs)[0] - want) / np.linalg.norm(want)
         summary = npuc.summarize(graph)
         rows.append(f"| {name} | {len(graph.nodes)} | {summary.macs / 1e6:,.0f}M | "
-                    f"{capture_s:.2f} | {interp_s:.3f} | {eager_s:.3f} | {err:.1e} |")
+                    f"{capture_s:.2f} | {interp_s:.3f} | {int_s:.3f} | {eager_s:.3f} | "
+                    f"{err:.1e} | {int_err:.3f} |")
         print(rows[-1], flush=True)
     write_section("Interpreter speed", "bench/interpreter_speed.py", "\n".join(rows),
                   f"torch {torch.__version__}, numpy {np.__version__}, "
