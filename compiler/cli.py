@@ -156,6 +156,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except (UnsupportedError, TargetError) as e:
+    except (UnsupportedError, TargetError, ValueError) as e:
         print(f"npuc: error: {e}", file=sys.stderr)
         return 2

@@ -19,14 +19,15 @@ import numpy as np
 from npuc.errors import UnsupportedError
 from npuc.ir import DType, Graph, Node, QuantParams, const
 from npuc.ops import OPS, make
-from npuc.ops.quantized import EXP_BITS, per_tensor
+from npuc.ops.quantized import EXP_BITS, EXP_RANGE, per_tensor
 from npuc.quant import arith
 from npuc.quant.constants import encoded_const
 from npuc.quant.weights import quantize_weight
 
-from .quantize import KEEPS_PARAMS, Spec, Stats, is_mask
+from .quantize import KEEPS_PARAMS, Spec, Stats, _params, is_mask
 
 Rule = Callable[["Lowering", Node], Node]
+MIN_SCALE = 1e-30  # weights below float32's normal range quantize to 0 at this scale
 RULES: dict[str, Rule] = {}
 I32 = DType.I32
 
@@ -65,6 +66,15 @@ class Lowering:
         if want is None or have == want:
             return value
         return make("rescale", [value], {"dtype": want.dtype.value}, node.loc, want.quant)
+
+    def gemm_operand(self, node: Node) -> Node:
+        """An activation a MAC array multiplies: int8, rescaled from int16 when the plan made it
+        wide (int16 x int16 products would overflow an int32 accumulator after a few terms)."""
+        spec = self.specs.get(node)
+        if spec is None or spec.dtype != DType.I16:
+            return self.operand(node)
+        lo, hi = self.stats.ranges.get(node, (0.0, 0.0))
+        return self.operand(node, _params(lo, hi, DType.I8))
 
     def result(self, op: str, inputs: list[Node], attrs: Any, node: Node,
                spec: Spec | None = None) -> Node:
@@ -158,7 +168,7 @@ def _gemm(lowering: Lowering, node: Node) -> Node:
     axis = 1 if node.op == "conv_transpose" else 0
     if node.op == "conv_transpose" and node.attrs["groups"] != 1:
         raise unsupported(node, "grouped conv_transpose", "use groups=1")
-    xq = lowering.operand(x)
+    xq = lowering.gemm_operand(x)
     fmt = lowering.formats(node.loc)
     try:
         encoded = quantize_weight(w.data, fmt, axis=axis,
@@ -168,15 +178,34 @@ def _gemm(lowering: Lowering, node: Node) -> Node:
                           "choose another format for this layer with the quantize pass's "
                           "`layers` option") from None
     channels = len(encoded.scale)
-    wq = encoded_const(encoded, QuantParams(tuple(map(float, encoded.scale)), (0,) * channels,
-                                            axis), w.loc)
+    scales = np.maximum(np.asarray(encoded.scale, np.float64), MIN_SCALE)
+    wq = encoded_const(encoded, QuantParams(tuple(scales), (0,) * channels, axis), w.loc)
     inputs = [xq, wq]
-    if bias:
-        s_acc = per_tensor(xq.type)[0] * np.asarray(encoded.scale, np.float64)
-        q = np.clip(np.rint(bias[0].data / s_acc), arith.INT32_MIN, arith.INT32_MAX)
-        inputs.append(const(q.astype(np.int32), I32, bias[0].loc,
+    b = bias[0].data.astype(np.float64) if bias else np.zeros(channels)
+    shift = _weight_error_bias(node, encoded, lowering.stats.channel_means.get(node))
+    if bias or np.any(shift):
+        s_acc = np.maximum(per_tensor(xq.type)[0] * np.asarray(wq.type.quant.scale), MIN_SCALE)
+        q = np.clip(np.rint((b - shift) / s_acc), arith.INT32_MIN, arith.INT32_MAX)
+        inputs.append(const(q.astype(np.int32), I32, bias[0].loc if bias else node.loc,
                             QuantParams(tuple(map(float, s_acc)), (0,) * channels, 0)))
     return lowering.result("q" + node.op, inputs, node.attrs, node)
+
+
+def _weight_error_bias(node: Node, encoded: Any, mean: np.ndarray | None) -> np.ndarray:
+    """Bias correction (Nagel et al., DFQ, 2019): the mean output shift that the weights'
+    quantization error causes on the calibration inputs, (W_q - W) E[x] per output channel
+    (conv: each kernel tap sees its input channel's mean; padding is ignored)."""
+    channels = len(encoded.scale)
+    if mean is None or node.op == "conv_transpose":
+        return np.zeros(channels)
+    w = node.inputs[1].data.astype(np.float64)
+    error = encoded.values * np.asarray(encoded.scale).reshape((-1,) + (1,) * (w.ndim - 1)) - w
+    if node.op == "linear":
+        return error @ mean
+    groups = node.attrs["groups"]
+    per_tap = error.reshape(channels, error.shape[1], -1).sum(axis=2)  # (O, C/groups)
+    means = mean.reshape(groups, -1)[np.arange(channels) // (channels // groups)]
+    return (per_tap * means).sum(axis=1)
 
 
 @rule("matmul")
@@ -187,7 +216,7 @@ def _matmul(lowering: Lowering, node: Node) -> Node:
         if v.is_const:
             lo, hi = _finite_range(v.data)
             want = Spec(DType.I8, arith.qparams(lo, hi, DType.I8, symmetric=True))
-        operands.append(lowering.operand(v, want))
+        operands.append(lowering.operand(v, want) if want else lowering.gemm_operand(v))
     return lowering.result("qmatmul", operands, {}, node)
 
 
@@ -242,7 +271,7 @@ def _same_params(lowering: Lowering, node: Node) -> Node:
     return lowering.result(node.op, args, node.attrs, node)
 
 
-@rule(*sorted(KEEPS_PARAMS - {"avg_pool", "adaptive_avg_pool", "resize", "pad", "gather"}))
+@rule(*sorted(KEEPS_PARAMS - {"avg_pool", "adaptive_avg_pool", "resize", "gather"}))
 def _data_movement(lowering: Lowering, node: Node) -> Node:
     args = [lowering.operand(node.inputs[0]), *(lowering.env[i] for i in node.inputs[1:])]
     return lowering.result(node.op, args, node.attrs, node)
@@ -250,9 +279,10 @@ def _data_movement(lowering: Lowering, node: Node) -> Node:
 
 @rule("pad")
 def _pad(lowering: Lowering, node: Node) -> Node:
+    """The padding value, quantized, may widen the range: the result has its own parameters."""
     spec = lowering.spec(node)
     value = int(arith.quantize(np.float32(node.attrs["value"]), *_pair(spec.quant), spec.dtype))
-    return lowering.result("pad", [lowering.operand(node.inputs[0])],
+    return lowering.result("pad", [lowering.operand(node.inputs[0], spec)],
                            node.attrs.replace(value=float(value)), node)
 
 
@@ -323,14 +353,8 @@ def _avg_pool(lowering: Lowering, node: Node) -> Node:
 
 @rule("adaptive_avg_pool")
 def _adaptive_avg_pool(lowering: Lowering, node: Node) -> Node:
-    sizes = node.inputs[0].shape[2:]
-    if any(s % o for s, o in zip(sizes, node.attrs["size"], strict=True)):
-        raise unsupported(node, f"adaptive average pooling of {sizes} to {node.attrs['size']} "
-                          "with uneven windows", "choose an output size that divides the input")
-    kernel = tuple(s // o for s, o in zip(sizes, node.attrs["size"], strict=True))
-    attrs = {"kernel": kernel, "stride": kernel, "padding": (0,) * (2 * len(kernel)),
-             "dilation": (1,) * len(kernel)}
-    return lowering.result("qavg_pool", [lowering.operand(node.inputs[0])], attrs, node)
+    return lowering.result("qadaptive_avg_pool", [lowering.operand(node.inputs[0])], node.attrs,
+                           node)
 
 
 @rule("resize")
@@ -341,10 +365,13 @@ def _resize(lowering: Lowering, node: Node) -> Node:
 # -- softmax and normalisation --------------------------------------------------------------------
 
 def exp_table(spec: Spec) -> np.ndarray:
-    """round(2**16 * exp(-d * scale)) at the d qsoftmax looks up: 0..255 for 8-bit inputs, the
-    513 points 128 i for int16 inputs."""
-    steps = np.arange(256) if spec.dtype.bits == 8 else 128 * np.arange(513)
-    return np.rint(np.exp(-steps * per_scale(spec)) * (1 << EXP_BITS)).astype(np.int32)
+    """round(2**16 * exp(-distance)) at the distances below the max that qsoftmax looks up:
+    d * scale for d = 0..255 (8-bit inputs), i * EXP_RANGE / 512 for i = 0..512 (int16)."""
+    if spec.dtype.bits == 8:
+        distance = np.arange(256) * per_scale(spec)
+    else:
+        distance = np.arange(513) * (EXP_RANGE / 512)
+    return np.rint(np.exp(-distance) * (1 << EXP_BITS)).astype(np.int32)
 
 
 def per_scale(spec: Spec) -> float:

@@ -8,9 +8,10 @@ weights in the chosen format with per-output-channel scales; biases int32 at s_i
 result approximates the float graph; `cm.compare` measures where it loses accuracy.
 
 Three steps:
-1. `prepare` rewrites the float graph exactly into forms with integer kernels: division by a
-   constant becomes multiplication, other division a reciprocal times, GLU a sigmoid gate,
-   global adaptive pooling a mean, and huge finite mask constants (-3.4e38) become -inf.
+1. `prepare` folds constants and rewrites the float graph exactly into forms with integer
+   kernels: division by a constant becomes multiplication, other division a reciprocal times,
+   GLU a sigmoid gate, global adaptive pooling a mean, a batch_norm no layer absorbed a
+   per-channel multiply-add, and additive mask constants (-1e9, -3.4e38) become -inf.
 2. Calibration runs the prepared graph on every calibration input with one observer per value
    (`npuc.quant.observers`); `plan` turns ranges into dtypes and parameters. Ops that only move
    data keep their input's parameters; a ReLU/ReLU6/clamp gives its range to a sole producer
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,7 @@ from .calibration import require_calibration, value_keys
 REQUANTIZING = frozenset({"conv", "conv_transpose", "linear", "matmul", "add", "sub", "mul",
                           "mean", "sum", "layer_norm", "group_norm", "prelu"})
 # Ops whose result keeps the input's parameters: they move, pick or average values.
-KEEPS_PARAMS = frozenset({"reshape", "permute", "expand", "slice", "flip", "pad", "pixel_shuffle",
+KEEPS_PARAMS = frozenset({"reshape", "permute", "expand", "slice", "flip", "pixel_shuffle",
                           "max_pool", "amax", "amin", "avg_pool", "adaptive_avg_pool", "resize",
                           "gather"})
 CLAMPS = frozenset({"relu", "clamp"})
@@ -65,13 +66,15 @@ class Spec:
 def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
              percentile: float = 99.99, weights: str | None = None,
              layers: dict | None = None, int16: tuple | list | None = None,
-             progress: bool | None = None) -> Graph:
+             bias_correction: bool = True, progress: bool | None = None) -> Graph:
     """Calibrate and lower to integer-only ops (W8A8 by default; see the module docstring).
 
     observer: "minmax" (default), "moving_average", "percentile" or "mse".
     weights: the weight format of every layer ("int8", "int4".."int2", "ternary", "palette4",
     "palette4:g8", ...); layers: {module-path glob: format} overrides per layer.
     int16: ops whose operands are int16 (default from the target, e.g. softmax, layer_norm).
+    bias_correction: fold each layer's mean weight-quantization error on the calibration inputs
+    into its bias.
     """
     defaults: Mapping[str, Any] = getattr(ctx.target, "quantize", None) or {}
     observer = observer or defaults.get("observer", "minmax")
@@ -86,12 +89,16 @@ def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
     stats = calibrate(float_graph, calibration, observer, percentile=percentile,
                       progress=progress)
     specs = plan(float_graph, stats, wide_ops)
+    if not bias_correction:
+        stats.channel_means.clear()
     lowered, origins = lower(float_graph, specs, formats, stats)
     lowered = Graph(lowered.inputs, lowered.outputs, lowered.name,
                     {**graph.meta, "float_graph": float_graph, "origins": origins})
     wide = sum(s.dtype == DType.I16 for s in specs.values())
+    learned = f", {stats.learned} learned ranges" if stats.learned else ""
     ctx.note(f"quantize: {plural(len(specs), 'value')} quantized ({wide} int16), weights "
-             f"{formats}, observer {observer}, {plural(len(calibration), 'calibration batch')}")
+             f"{formats}, observer {observer}{learned}, "
+             f"{plural(len(calibration), 'calibration batch', 'calibration batches')}")
     return lowered
 
 
@@ -127,6 +134,8 @@ def prepare(graph: Graph) -> Graph:
             return make("mul", [x, make("reciprocal", [y], loc=node.loc)], loc=node.loc)
         if node.op == "glu":
             return _glu(node)
+        if node.op == "batch_norm":  # one that no layer absorbed: a per-channel affine
+            return _channel_affine(node)
         if node.op == "adaptive_avg_pool" and set(node.attrs["size"]) == {1}:
             axes = tuple(range(2, node.inputs[0].type.rank))
             return make("mean", node.inputs, {"axes": axes, "keepdim": True}, loc=node.loc)
@@ -136,7 +145,9 @@ def prepare(graph: Graph) -> Graph:
                 return node.with_inputs(tuple(args))
         return None
 
-    return rewrite(graph, rule)
+    from npuc.pipeline import apply
+
+    return rewrite(apply(graph, "fold_constants"), rule)  # constant operands need no kernel
 
 
 def _glu(node: Node) -> Node:
@@ -149,6 +160,15 @@ def _glu(node: Node) -> Node:
 
     gate = make("sigmoid", [part(half)], loc=node.loc)
     return make("mul", [part(0), gate], loc=node.loc)
+
+
+def _channel_affine(node: Node) -> Node:
+    x, gamma, beta, mean, var = node.inputs
+    scale = gamma.data / np.sqrt(var.data + np.float32(node.attrs["eps"]))
+    shape = (1, -1) + (1,) * (x.type.rank - 2)
+    a = const(scale.reshape(shape).astype(np.float32), loc=node.loc)
+    b = const((beta.data - mean.data * scale).reshape(shape).astype(np.float32), loc=node.loc)
+    return make("add", [make("mul", [x, a], loc=node.loc), b], loc=node.loc)
 
 
 def _infinite(node: Node) -> Node:
@@ -168,10 +188,18 @@ def _infinite(node: Node) -> Node:
 
 @dataclass
 class Stats:
-    """What calibration learned: a range per float value, and sample inputs of each layer."""
+    """What calibration learned: a range per float value, sample input rows of each linear
+    layer (for weight formats fitted on data) and the mean input of each layer, per input
+    channel (for bias correction)."""
 
     ranges: dict[Node, tuple[float, float]]
     layer_inputs: dict[Node, np.ndarray]
+    channel_means: dict[Node, np.ndarray] = field(default_factory=dict)
+    learned: int = 0  # ranges taken from MobileQuant instead of the observers
+
+
+def _channel_axis(layer: Node) -> int:
+    return -1 if layer.op == "linear" else 1
 
 
 def calibrate(graph: Graph, calibration: list[tuple], kind: str, *, percentile: float = 99.99,
@@ -180,24 +208,31 @@ def calibrate(graph: Graph, calibration: list[tuple], kind: str, *, percentile: 
     options = {"percentile": percentile} if kind == "percentile" else {}
     watched = [n for n in graph.nodes if n.dtype.is_float and not n.is_const]
     observers: dict[Node, Observer] = {n: make_observer(kind, **options) for n in watched}
-    layers = [n for n in graph.nodes if n.op == "linear"]
+    readers: dict[Node, list[Node]] = {}
+    for layer in graph.nodes:
+        if layer.op in ("conv", "linear") and layer.inputs[1].is_const:
+            readers.setdefault(layer.inputs[0], []).append(layer)
     sampled: dict[Node, np.ndarray] = {}
-    rows = {n.inputs[0]: n for n in layers}
+    sums: dict[Node, np.ndarray] = {}
+    counts: dict[Node, int] = {}
 
     def observe(node: Node, value: np.ndarray) -> None:
         if node in observers:
             observers[node].update(value)
-        if node in rows and rows[node] not in sampled:
-            flat = np.asarray(value, np.float32).reshape(-1, value.shape[-1])
-            sampled[rows[node]] = flat[:: max(1, len(flat) // samples)][:samples]
+        for layer in readers.get(node, ()):
+            channels = np.moveaxis(np.asarray(value, np.float64), _channel_axis(layer), -1)
+            flat = channels.reshape(-1, channels.shape[-1])
+            sums[layer] = sums.get(layer, 0) + flat.sum(axis=0)
+            counts[layer] = counts.get(layer, 0) + len(flat)
+            if layer.op == "linear" and layer not in sampled:
+                sampled[layer] = flat[:: max(1, len(flat) // samples)][:samples]
 
     bar = tqdm(calibration, desc="calibrating", unit="batch", leave=False,
                disable=not progress if progress is not None else len(calibration) < 8)
     for inputs in bar:
         for node, value in zip(graph.inputs, inputs, strict=True):
-            if node in observers:
-                observers[node].update(np.asarray(value.detach().cpu().numpy()
-                                                  if hasattr(value, "detach") else value))
+            observe(node, np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach")
+                                     else value))
         interpret(graph, *inputs, observe=observe)
     ranges = {}
     for node, obs in observers.items():
@@ -205,10 +240,11 @@ def calibrate(graph: Graph, calibration: list[tuple], kind: str, *, percentile: 
         ranges[node] = (float(lo), float(hi))
     keys = value_keys(graph)
     learned = graph.meta.get("activation_ranges", {})  # MobileQuant's learned clipping ranges
-    for node in watched:
-        if keys[node] in learned:
-            ranges[node] = tuple(map(float, learned[keys[node]]))
-    return Stats(ranges, sampled)
+    used = [n for n in watched if keys[n] in learned]
+    for node in used:
+        ranges[node] = tuple(map(float, learned[keys[node]]))
+    means = {layer: sums[layer] / max(counts[layer], 1) for layer in sums}
+    return Stats(ranges, sampled, means, len(used))
 
 
 def is_mask(node: Node) -> bool:
@@ -254,7 +290,13 @@ def wide_values(graph: Graph, wide_ops: Iterable[str]) -> set[Node]:
     return wide
 
 
+MIN_RANGE = 1e-3  # a constant or all-zero activation still gets a scale a bias can live at
+
+
 def _params(lo: float, hi: float, dtype: DType) -> Spec:
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi - lo < MIN_RANGE:
+        lo, hi = (lo, lo + MIN_RANGE) if lo < 0 else (0.0, MIN_RANGE)
     return Spec(dtype, arith.qparams(lo, hi, dtype, symmetric=dtype == DType.I16))
 
 

@@ -106,6 +106,16 @@ def test_cli_compile_writes_stages_and_checks(tmp_path: Path) -> None:
     assert "batch_norm" in text and "batch_norm" not in lowered and "qconv" in lowered
 
 
+def test_cli_compare_lists_the_lossiest_ops(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text(FACTORY)
+    result = npuc_cli("compare", "net.py:build", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "SQNR dB" in result.stdout and "largest loss at the op itself" in result.stdout
+    assert "linear" in result.stdout and "i16" in result.stdout  # the int16 logits
+    float_only = npuc_cli("compare", "net.py:build", "--target", "cpu-fp32", cwd=tmp_path)
+    assert float_only.returncode != 0 and "not quantized" in float_only.stderr
+
+
 def test_cli_reports_unsupported_ops(tmp_path: Path) -> None:
     (tmp_path / "net.py").write_text(FACTORY)
     result = npuc_cli("compile", "net.py:broken", cwd=tmp_path)

@@ -407,13 +407,17 @@ def _along(x: np.ndarray, axis: int, matrix: np.ndarray) -> np.ndarray:
 def adaptive_avg_pool(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """Output cell i averages input cells [floor(i*in/out), ceil((i+1)*in/out))."""
     for i, out in enumerate(attrs["size"]):
-        size = x.shape[2 + i]
-        matrix = np.zeros((out, size), dtype=x.dtype)
-        for o in range(out):  # a loop over output *size*, building a small averaging matrix
-            lo, hi = (o * size) // out, -(-((o + 1) * size) // out)
-            matrix[o, lo:hi] = 1 / (hi - lo)
-        x = _along(x, 2 + i, matrix)
+        member = adaptive_windows(x.shape[2 + i], out)
+        x = _along(x, 2 + i, (member / member.sum(axis=1, keepdims=True)).astype(x.dtype))
     return x
+
+
+def adaptive_windows(size: int, out: int) -> np.ndarray:
+    """(out, size) 0/1 matrix: output cell o covers [floor(o*size/out), ceil((o+1)*size/out))."""
+    member = np.zeros((out, size))
+    for o in range(out):  # a loop over output *size*, not over pixels
+        member[o, (o * size) // out:-(-((o + 1) * size) // out)] = 1
+    return member
 
 
 def resize_type(types: list[TensorType], attrs: Attrs) -> TensorType:

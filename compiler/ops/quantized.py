@@ -300,12 +300,36 @@ def qavg_pool(node: Node, x: np.ndarray) -> np.ndarray:
     return arith.saturate(arith.divide_rounded(total, count) + zp, node.dtype)
 
 
+RESIZE_BITS = 16  # interpolation weights in Q16: below 1/2 LSB of int16 over two axes
+
+
+def _adaptive_type(types: list[TensorType], attrs: Attrs) -> TensorType:
+    x = types[0]
+    return TensorType(nn.adaptive_type([TensorType(x.shape, DType.F32)], attrs).shape, x.dtype)
+
+
+@defop("qadaptive_avg_pool", 1, quantized(_adaptive_type, 0), category="nn", typed=True,
+       attrs={"size": AttrSpec("ints", min=1)})
+def qadaptive_avg_pool(node: Node, x: np.ndarray) -> np.ndarray:
+    """Integer adaptive average pool with the operand's parameters: each output cell is zp +
+    round(sum(x - zp) / count) over its window [floor(i*in/out), ceil((i+1)*in/out))."""
+    total = _centred(node, 0, x).astype(np.float64)
+    count = np.ones((1,) * x.ndim)
+    for i, out in enumerate(node.attrs["size"]):
+        member = nn.adaptive_windows(x.shape[2 + i], out)
+        total = nn._along(total, 2 + i, member)
+        count = nn._along(count, 2 + i, member.sum(axis=1, keepdims=True))
+    zp = per_tensor(node.type)[1]
+    return arith.saturate(arith.divide_rounded(_exact(total), _exact(count)) + zp, node.dtype)
+
+
 def _resize_weights(attrs: Attrs, axis: int, size_in: int) -> np.ndarray:
-    """One axis's interpolation matrix in Q10, each row rounded to sum to exactly 1024."""
+    """One axis's interpolation matrix in Q16, each row rounded to sum to exactly 2**16."""
     m = nn._resize_matrix(attrs["mode"], size_in, attrs["size"][axis], attrs["scales"][axis],
                           attrs["align_corners"])
-    q = np.floor(m.astype(np.float64) * 1024 + 0.5).astype(np.int64)
-    q[np.arange(len(q)), m.argmax(axis=1)] += 1024 - q.sum(axis=1)
+    one = 1 << RESIZE_BITS
+    q = np.floor(m.astype(np.float64) * one + 0.5).astype(np.int64)
+    q[np.arange(len(q)), m.argmax(axis=1)] += one - q.sum(axis=1)
     return q
 
 
@@ -314,12 +338,13 @@ def _resize_weights(attrs: Attrs, axis: int, size_in: int) -> np.ndarray:
               "mode": AttrSpec("str", choices=("nearest", "bilinear")),
               "scales": AttrSpec("floats"), "align_corners": AttrSpec("bool", False)})
 def qresize(node: Node, x: np.ndarray) -> np.ndarray:
-    """Integer resize with the operand's parameters: separable Q10 weights per axis, one rounding
-    at the end (divide by 2**(10 * axes), nearest, ties away from zero)."""
+    """Integer resize with the operand's parameters: separable Q16 weights per axis, one rounding
+    at the end (divide by 2**(16 * axes), nearest, ties away from zero; the float64 sums are
+    exact below 2**53 for two axes of int16)."""
     y = _centred(node, 0, x).astype(np.float64)
     for i in range(len(node.attrs["size"])):
         y = nn._along(y, 2 + i, _resize_weights(node.attrs, i, x.shape[2 + i]).astype(np.float64))
-    shift = 10 * len(node.attrs["size"])
+    shift = RESIZE_BITS * len(node.attrs["size"])
     y = arith.divide_rounded(_exact(y), 1 << shift) + per_tensor(node.type)[1]
     return arith.saturate(y, node.dtype)
 
@@ -339,13 +364,13 @@ EXP_BITS = 16  # exp tables hold round(2**16 * exp(-k * step)): exp(0) is 65536
 @defop("qsoftmax", 2, quantized(_table_type, 0), category="nn", typed=True,
        attrs={"axis": AttrSpec("int"), **_dtype_attr()})
 def qsoftmax(node: Node, x: np.ndarray, exp_table: np.ndarray) -> np.ndarray:
-    """Integer softmax along `axis`: d = max - x >= 0; e = exp_table at d (256 entries: direct,
-    d clamped to 255; 513: interpolated over d clamped to 65535), 0 where int16 x is -32768
+    """Integer softmax along `axis`: d = max - x >= 0; e = exp(-d s) from the table (see
+    `exp_lookup`), 0 where int16 x is -32768
     (masked); result zp + round(e / max(sum(e), 1) / s_out). The result scale is 1/256 (int8)
     or 1/32768 (int16)."""
     axis = node.attrs["axis"]
     d = x.max(axis=axis, keepdims=True).astype(np.int64) - x
-    e = np.where(_masked(x), 0, exp_lookup(d, exp_table))
+    e = np.where(_masked(x), 0, exp_lookup(node, d, exp_table))
     total = np.maximum(e.sum(axis=axis, keepdims=True), 1)
     s_out, zp = per_tensor(node.type)
     return arith.saturate(arith.divide_rounded(e * round(1 / s_out), total) + zp, node.dtype)
@@ -357,12 +382,19 @@ def _masked(x: np.ndarray) -> np.ndarray | bool:
     return x == -32768 if x.dtype == np.int16 else False
 
 
-def exp_lookup(d: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """table[d] for a 256-entry table, else TOSA interpolation of a 513-entry one at d (int64)."""
+EXP_RANGE = 16  # a 513-entry exp table spans real distances [0, 16] below the max, in 1/32 steps
+
+
+def exp_lookup(node: Node, d: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """exp(-d * s_in) in Q16 (int64): table[d] for a 256-entry table (8-bit inputs, a table per
+    scale); else d is requantized onto the 513-entry table's fixed real grid, u = d * s_in *
+    (128 * 512 / EXP_RANGE) clamped to 65535, and the table interpolated at u (TOSA TABLE)."""
     t = table.astype(np.int64)
     if t.size == 256:
         return t[np.minimum(d, 255)]
-    return arith.lookup(np.minimum(d, 65535) - 32768, t, I32).astype(np.int64)
+    real = per_tensor(node.inputs[0].type)[0] * (128 * 512 / EXP_RANGE)
+    u = np.minimum(arith.requantize(np.minimum(d, arith.INT32_MAX), real, 0, I32), 65535)
+    return arith.lookup(u - 32768, t, I32).astype(np.int64)
 
 
 @defop("qlog_softmax", 3, quantized(_table_type, 0), category="nn", typed=True,
@@ -374,7 +406,7 @@ def qlog_softmax(node: Node, x: np.ndarray, exp_table: np.ndarray,
     index the 256-entry table of round(2**16 * ln(1 + i/256))."""
     axis = node.attrs["axis"]
     d = x.max(axis=axis, keepdims=True).astype(np.int64) - x
-    total = exp_lookup(d, exp_table).sum(axis=axis, keepdims=True)
+    total = exp_lookup(node, d, exp_table).sum(axis=axis, keepdims=True)
     k = np.floor(np.log2(total)).astype(np.int64)  # exact: total is a positive int below 2**53
     k = np.where((np.int64(1) << k) > total, k - 1, k)
     mantissa = (total << 8 >> k) & 255
@@ -387,6 +419,8 @@ def qlog_softmax(node: Node, x: np.ndarray, exp_table: np.ndarray,
 
 LN2_Q16 = round(math.log(2) * (1 << EXP_BITS))
 NORM_BITS, STD_BITS = 16, 8  # normalised values in Q16; the standard deviation in Q8
+MEAN_BITS = 6  # x, its mean and variance carry 6 (12) fraction bits: |d| <= 2**22, d^2 <= 2**44
+EPS_MAX = 1 << 52  # eps (in squared steps, Q12) saturates 2**8 above any int16 variance
 
 
 def _norm_type(types: list[TensorType], attrs: Attrs) -> TensorType:
@@ -397,15 +431,16 @@ def _norm_type(types: list[TensorType], attrs: Attrs) -> TensorType:
 
 
 def normalise(node: Node, x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """Integer (x - mean) / sqrt(var + eps) over `axes`, in Q16 (int64): mean and variance divided
-    with rounding, eps in the input's squared steps, the standard deviation by integer sqrt."""
-    xc = _centred(node, 0, x)
+    """Integer (x - mean) / sqrt(var + eps) over `axes`, in Q16 (int64): x in Q6 input steps, mean
+    and variance divided with rounding, eps in Q12 squared steps (at most EPS_MAX), the standard
+    deviation by integer sqrt in Q8."""
+    xc = _centred(node, 0, x) << MEAN_BITS
     n = math.prod(x.shape[a] for a in axes)
     d = xc - arith.divide_rounded(xc.sum(axis=axes, keepdims=True), n)
     var = arith.divide_rounded((d * d).sum(axis=axes, keepdims=True), n)
-    eps = round(node.attrs["eps"] / per_tensor(node.inputs[0].type)[0] ** 2)
-    std = np.maximum(arith.isqrt((var + eps) << (2 * STD_BITS)), 1)
-    return arith.divide_rounded(d << (NORM_BITS + STD_BITS), std)
+    eps = round(node.attrs["eps"] * (1 << 2 * MEAN_BITS) / per_tensor(node.inputs[0].type)[0] ** 2)
+    std = np.maximum(arith.isqrt((var + min(eps, EPS_MAX)) << (2 * (STD_BITS - MEAN_BITS))), 1)
+    return arith.divide_rounded(d << (NORM_BITS + STD_BITS - MEAN_BITS), std)
 
 
 def affine_out(node: Node, norm: np.ndarray, mult: np.ndarray, shift: np.ndarray,

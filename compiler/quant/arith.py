@@ -4,9 +4,10 @@ simulator and the generated C share. Change a rule here and every consumer chang
     real value      = scale * (q - zero_point)
     quantize(x)     = clamp(rint(x / scale) + zero_point)   float32 ops; ties to even; NaN -> zp
     dequantize(q)   = float32(q - zero_point) * float32(scale)
-    requantize(acc) = rounding_right_shift(srdhm(acc << left, multiplier), right)
-                      with real_multiplier = multiplier * 2**(shift - 31), left = max(shift, 0),
-                      right = max(-shift, 0)     (gemmlowp/TFLite "double rounding")
+    requantize(acc) = rounding_right_shift(srdhm(acc, multiplier), -shift)       shift <= 0
+                      rounding_right_shift(acc * multiplier, 31 - shift)           shift > 0
+                      with real_multiplier = multiplier * 2**(shift - 31)  (gemmlowp/TFLite's
+                      "double rounding" below 1; one rounding for multipliers of 1 and more)
 
 `srdhm(a, b)` is gemmlowp's SaturatingRoundingDoublingHighMul: the high 32 bits of 2*a*b, rounded
 to nearest with ties away from zero, saturating the one overflowing case a = b = INT32_MIN.
@@ -47,7 +48,8 @@ def saturate(x: np.ndarray, dtype: DType) -> np.ndarray:
 
 def quantize_multiplier(real: float) -> tuple[int, int]:
     """(multiplier, shift) with real == multiplier * 2**(shift - 31) to 31 bits, multiplier in
-    [2**30, 2**31). Reals too small for a shift of -31 give (0, 0): their products round to 0."""
+    [2**30, 2**31). Reals too small for a shift of -31 give (0, 0): their products round to 0;
+    reals of 2**30 and more give the largest pair, since every nonzero product saturates."""
     if not real > 0 or not math.isfinite(real):
         if real == 0:
             return 0, 0
@@ -58,8 +60,8 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
         multiplier, exponent = multiplier // 2, exponent + 1
     if exponent < -31:
         return 0, 0
-    if exponent > 30:
-        raise ValueError(f"requantization multiplier {real} is too large (>= 2**30)")
+    if exponent > 30:  # any nonzero product saturates anyway: keep the largest multiplier
+        return INT32_MAX, 30
     return multiplier, exponent
 
 
@@ -88,13 +90,17 @@ def rounding_right_shift(x: np.ndarray, exponent: np.ndarray | int) -> np.ndarra
 
 def multiply_by_multiplier(x: np.ndarray, multiplier: np.ndarray | int,
                            shift: np.ndarray | int) -> np.ndarray:
-    """x * multiplier * 2**(shift - 31), rounded as the module docstring says. x must be int32;
-    a left shift (multipliers >= 1) saturates x * 2**shift to int32 first."""
+    """x * multiplier * 2**(shift - 31), rounded as the module docstring says, for int32 x. A
+    multiplier >= 1 (shift > 0) rounds once instead: rounding_right_shift(x * multiplier,
+    31 - shift), exact in int64 since |x * multiplier| < 2**62."""
     shift = np.asarray(shift, dtype=np.int64)
     x = np.asarray(x, dtype=np.int64)
-    left = np.maximum(shift, 0)
-    shifted = np.clip(x << left, INT32_MIN, INT32_MAX)
-    return rounding_right_shift(srdhm(shifted, multiplier), np.maximum(-shift, 0))
+    down = rounding_right_shift(srdhm(x, multiplier), np.maximum(-shift, 0))
+    if not np.any(shift > 0):
+        return down
+    up = rounding_right_shift(x * np.asarray(multiplier, dtype=np.int64),
+                              31 - np.maximum(shift, 0))
+    return np.where(shift > 0, up, down)
 
 
 def requantize(acc: np.ndarray, real_multiplier: float | np.ndarray, zero_point: int,
@@ -124,7 +130,8 @@ def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: DType) -> np.n
     v = np.rint(np.asarray(x, dtype=np.float32) / np.float32(scale))
     v = np.clip(v, lo - zero_point, hi - zero_point)
     v = np.where(np.isnan(v), np.float32(0), v)
-    return (v.astype(np.int64) + zero_point).astype(dtype.numpy)
+    # float32 rounds int32's bounds up to 2**31: clamp again once in integers
+    return np.clip(v.astype(np.int64) + zero_point, lo, hi).astype(dtype.numpy)
 
 
 def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:

@@ -28,8 +28,8 @@ def batches(x: torch.Tensor) -> list[torch.Tensor]:
 @pytest.mark.slow
 @pytest.mark.parametrize("observer", ["minmax", "mse"])
 def test_digits_int8_keeps_accuracy(digits: tuple, observer: str) -> None:
-    """int8 accuracy within 0.5 points of fp32 on the held-out digits, and logits within 2.5%
-    (PT2E's static int8 on the same model: about 0.02; see bench/RESULTS.md)."""
+    """int8 accuracy within 0.5 points of fp32 on the held-out digits, and a logits relative
+    error below PT2E's static int8 on the same model and data (0.0164, bench/RESULTS.md)."""
     model, _, (x_train, _, x_test, y_test) = digits
     calibration = [(b,) for b in batches(x_train[:256])]
     cm = npuc.compile(model, calibration=calibration, passes={"quantize": {"observer": observer}})
@@ -40,7 +40,7 @@ def test_digits_int8_keeps_accuracy(digits: tuple, observer: str) -> None:
     int8_acc = float((logits.argmax(1) == labels).mean())
     fp32_acc = float((reference.argmax(1) == labels).mean())
     assert int8_acc >= fp32_acc - 0.005
-    assert np.linalg.norm(logits - reference) / np.linalg.norm(reference) < 0.025
+    assert np.linalg.norm(logits - reference) / np.linalg.norm(reference) < 0.016
 
 
 @pytest.fixture(scope="module")

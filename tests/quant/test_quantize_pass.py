@@ -117,13 +117,25 @@ def test_bad_options_are_named() -> None:
         npuc.compile(model, inputs, passes={"quantize": {"observer": "median"}})
 
 
+class Power(torch.nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.pow(x.abs() + 1, y)
+
+
 def test_missing_kernel_names_op_and_module() -> None:
-    graph = npuc.capture(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(3)), (torch.randn(1, 2, 5,
-                                                                                           5),))
-    with pytest.raises(UnsupportedError, match="adaptive_avg_pool") as err:
-        npuc.passes.apply(graph, "quantize", ctx=PassContext(calibration=[(np.ones((1, 2, 5, 5),
-                                                                                   np.float32),)]))
+    inputs = (torch.randn(2, 3), torch.randn(2, 3))
+    graph = npuc.capture(Power(), inputs)
+    with pytest.raises(UnsupportedError, match="pow") as err:
+        npuc.passes.apply(graph, "quantize", ctx=PassContext(calibration=[inputs]))
     assert err.value.stage == "quantize" and err.value.hint
+
+
+def test_adaptive_pooling_with_uneven_windows() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 1), torch.nn.AdaptiveAvgPool2d((3, 2)))
+    x = torch.randn(1, 2, 5, 7)
+    cm = npuc.compile(model, (x,))
+    assert "qadaptive_avg_pool" in cm.summary().ops
+    assert rel_error(cm.run(x), reference(model, (x,))) < 0.03
 
 
 def test_format_errors_name_the_layer() -> None:
