@@ -4,25 +4,87 @@
     npuc.targets.get("npu-int8")  # a Target
     npuc.targets.load(path)       # a user's file
 
-A target file names its default pass pipeline and, in `[quantize]`, the defaults of the quantize
-pass (weight format, observer, which values are int16); the engines, memories and energy tables
-the simulator needs join the schema with the simulator. Unknown keys and wrong types are load
-errors that name the key and the file.
+A target file names its default pass pipeline (`[compile]`), the defaults of the quantize pass
+(`[quantize]`: weight format, observer, which values are int16) and the hardware the simulator
+models: engines (`[npu]` systolic array, `[dsp]` vector unit, `[cpu]` fallback), `[memory]` and
+`[energy]`, each read into a frozen dataclass below. Unknown keys, missing fields, wrong types
+and values out of range are load errors that name the field and the file.
 """
 
 from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 _HERE = Path(__file__).parent
 
 
 class TargetError(ValueError):
     """A target that does not exist or a target file that does not load; names file and key."""
+
+
+def _field(default: Any = MISSING, *, min: float | None = None,
+           choices: tuple[Any, ...] | None = None) -> Any:
+    """A schema field: its default (none = required), least legal value, allowed values."""
+    return field(default=default, metadata={"min": min, "choices": choices})
+
+
+@dataclass(frozen=True)
+class NPU:
+    """A systolic MAC array (SCALE-Sim's model): rows x cols PEs, one dataflow."""
+
+    rows: int = _field(min=1)
+    cols: int = _field(min=1)
+    dataflow: str = _field(choices=("ws", "os", "is"))  # weight/output/input stationary
+    clock_hz: float = _field(min=1)
+    weight_bits: int = _field(8, choices=(4, 8))  # MACs per PE per cycle: 8 / weight_bits
+    int16_rate: float = _field(0.5, min=0)  # MAC rate with int16 activations (0: unsupported)
+    zero_skipping: bool = _field(False)  # skips MACs with a zero weight (sparsity)
+    palette_decode: bool = _field(False)  # decodes palettized weights in the weight path
+
+
+@dataclass(frozen=True)
+class DSP:
+    """A vector DSP: `lanes` int8 operations per cycle (int16: half)."""
+
+    lanes: int = _field(min=1)
+    clock_hz: float = _field(min=1)
+
+
+@dataclass(frozen=True)
+class CPU:
+    """The host CPU: the fallback for every op, at `ops_per_cycle` scalar-equivalent ops."""
+
+    clock_hz: float = _field(min=1)
+    ops_per_cycle: float = _field(min=0.001)
+
+
+@dataclass(frozen=True)
+class Memory:
+    sram_bytes: int = _field(min=1)
+    sram_bytes_per_cycle: float = _field(min=0.001)  # at the fastest engine's clock
+    dram_bytes_per_s: float = _field(min=1)
+    dram_latency_s: float = _field(0.0, min=0)
+
+
+@dataclass(frozen=True)
+class Energy:
+    """Energy per event, in picojoules (and static power in watts)."""
+
+    mac_i8_pj: float = _field(min=0)
+    mac_i16_pj: float = _field(min=0)
+    mac_f32_pj: float = _field(min=0)
+    sram_byte_pj: float = _field(min=0)
+    dram_byte_pj: float = _field(min=0)
+    static_w: float = _field(0.0, min=0)
+
+
+@dataclass(frozen=True)
+class Compile:
+    pipeline: tuple[str, ...] = _field(())
 
 
 @dataclass(frozen=True)
@@ -32,37 +94,82 @@ class Target:
     pipeline: tuple[str, ...]  # default pass pipeline, in order
     path: Path | None = None
     quantize: Mapping[str, Any] = field(default_factory=dict)  # the quantize pass's defaults
+    npu: NPU | None = None
+    dsp: DSP | None = None
+    cpu: CPU | None = None
+    memory: Memory | None = None
+    energy: Energy | None = None
 
     def __str__(self) -> str:
         lines = [f"{self.name}: {self.description}", "  pipeline: " + ", ".join(self.pipeline)]
         if self.quantize:
             lines.append("  quantize: " + ", ".join(f"{k}={v}" for k, v in self.quantize.items()))
+        for section in SECTIONS:
+            value = getattr(self, section)
+            if value is not None:
+                lines.append(f"  {section}: " + ", ".join(
+                    f"{f.name}={getattr(value, f.name)}" for f in fields(value)))
         if self.path:
             lines.append(f"  file: {self.path}")
         return "\n".join(lines)
 
 
-_SCHEMA: dict[str, dict[str, type]] = {
-    "": {"name": str, "description": str},
-    "compile": {"pipeline": list},
-    "quantize": {"int16": list, "weights": str, "observer": str},
-}
+# the hardware tables of a target file, each read into its dataclass
+SECTIONS: dict[str, type] = {"npu": NPU, "dsp": DSP, "cpu": CPU, "memory": Memory,
+                             "energy": Energy}
+_QUANTIZE = {"int16": list, "weights": str, "observer": str}
+_KINDS = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
+
+
+def _section(cls: type, table: Any, where: str, path: Path) -> Any:
+    """Build `cls` from a TOML table: unknown keys, missing fields, wrong types and values out of
+    range are errors naming the field and the file."""
+    if not isinstance(table, dict):
+        raise TargetError(f"{path}: '{where}' must be a table")
+    known = {f.name: f for f in fields(cls)}
+    for key in table:
+        if key not in known:
+            raise TargetError(f"{path}: unknown key '{where}.{key}'; expected one of "
+                              f"{', '.join(known)}")
+    values = {}
+    hints = get_type_hints(cls)
+    for name, f in known.items():
+        if name not in table:
+            if f.default is MISSING:
+                raise TargetError(f"{path}: missing field '{where}.{name}'")
+            continue
+        value, kind = table[name], hints[name]
+        if kind in _KINDS:
+            if isinstance(value, bool) and kind is not bool or not isinstance(value, _KINDS[kind]):
+                raise TargetError(f"{path}: '{where}.{name}' must be {kind.__name__}, got "
+                                  f"{value!r}")
+            value = kind(value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        low, choices = f.metadata.get("min"), f.metadata.get("choices")
+        if low is not None and value < low:
+            raise TargetError(f"{path}: '{where}.{name}' must be >= {low}, got {value!r}")
+        if choices is not None and value not in choices:
+            raise TargetError(f"{path}: '{where}.{name}' must be one of {choices}, got {value!r}")
+        values[name] = value
+    return cls(**values)
 
 
 def _check(data: dict[str, Any], path: Path) -> None:
     for key, value in data.items():
-        section = key if isinstance(value, dict) else ""
-        fields = _SCHEMA.get(section)
-        if fields is None:
+        if key in ("name", "description"):
+            if not isinstance(value, str):
+                raise TargetError(f"{path}: '{key}' must be str")
+        elif key == "quantize":
+            for option, item in value.items():
+                if option not in _QUANTIZE:
+                    raise TargetError(f"{path}: unknown key 'quantize.{option}'; expected one "
+                                      f"of {', '.join(sorted(_QUANTIZE))}")
+                if not isinstance(item, _QUANTIZE[option]):
+                    raise TargetError(f"{path}: 'quantize.{option}' must be "
+                                      f"{_QUANTIZE[option].__name__}")
+        elif key not in SECTIONS and key != "compile":
             raise TargetError(f"{path}: unknown section or key '{key}'")
-        items = value.items() if isinstance(value, dict) else [(key, value)]
-        for key_, item in items:
-            where = f"{section}.{key_}" if section else key_
-            if key_ not in fields:
-                raise TargetError(f"{path}: unknown key '{where}'; expected one of "
-                                  f"{', '.join(sorted(fields))}")
-            if not isinstance(item, fields[key_]):
-                raise TargetError(f"{path}: '{where}' must be {fields[key_].__name__}")
     for required in ("name", "description"):
         if required not in data:
             raise TargetError(f"{path}: missing key '{required}'")
@@ -76,7 +183,7 @@ def load(path: str | Path) -> Target:
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise TargetError(f"{path}: {e}") from None
     _check(data, path)
-    pipeline = data.get("compile", {}).get("pipeline", [])
+    pipeline = _section(Compile, data.get("compile", {}), "compile", path).pipeline
     if not all(isinstance(p, str) for p in pipeline):
         raise TargetError(f"{path}: 'compile.pipeline' must be a list of pass names")
     from npuc.passes import get
@@ -88,7 +195,10 @@ def load(path: str | Path) -> Target:
             raise TargetError(f"{path}: compile.pipeline: {e.args[0]}") from None
     quantize = dict(data.get("quantize", {}))
     _check_quantize(quantize, path)
-    return Target(data["name"], data["description"], tuple(pipeline), path, quantize)
+    hardware = {name: _section(cls, data[name], name, path)
+                for name, cls in SECTIONS.items() if name in data}
+    return Target(data["name"], data["description"], tuple(pipeline), path, quantize,
+                  **hardware)
 
 
 def _check_quantize(options: dict[str, Any], path: Path) -> None:

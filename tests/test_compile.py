@@ -65,7 +65,20 @@ def test_target_files_are_validated(tmp_path: Path) -> None:
         bad.write_text(f'name = "x"\ndescription = "y"\n[quantize]\n{line}\n')
         with pytest.raises(npuc.targets.TargetError, match=message):
             npuc.targets.load(bad)
+    npu = 'rows = 32\ncols = 32\ndataflow = "ws"\nclock_hz = 1e9\n'
+    for table, message in [
+            (npu.replace("rows = 32\n", ""), "missing field 'npu.rows'"),
+            (npu.replace("rows = 32", "rows = 0"), "'npu.rows' must be >= 1, got 0"),
+            (npu.replace('"ws"', '"xs"'), "'npu.dataflow' must be one of .'ws', 'os', 'is'."),
+            (npu.replace("1e9", '"fast"'), "'npu.clock_hz' must be float, got 'fast'"),
+            (npu + "colz = 4\n", "unknown key 'npu.colz'")]:
+        bad.write_text(f'name = "x"\ndescription = "y"\n[npu]\n{table}')
+        with pytest.raises(npuc.targets.TargetError, match=message):
+            npuc.targets.load(bad)
     assert {"npu-int8", "npu-w4a8", "cpu-fp32"} <= set(npuc.targets.names())
+    npu_int8 = npuc.targets.get("npu-int8")
+    assert (npu_int8.npu.rows, npu_int8.npu.dataflow, npu_int8.memory.sram_bytes) == \
+        (32, "ws", 1 << 20)
     assert npuc.targets.get("npu-w4a8").quantize["weights"] == "int4"
 
 
