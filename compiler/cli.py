@@ -3,6 +3,7 @@
     npuc compile path/to/file.py:factory [--target npu-int8] [--out DIR] [--check] [--show]
     npuc compile model.pt2 ...
     npuc compare path/to/file.py:factory [--target npu-int8] [--passes ...]
+    npuc simulate path/to/file.py:factory [--target npu-int8] [--json]
     npuc targets [NAME]
     npuc passes
 
@@ -95,6 +96,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
 QUANTIZED_TOLERANCE = 0.05  # --check's default for integer targets: relative error of the outputs
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import npuc
+
+    model, inputs = load_model(args.model)
+    print(f"compiling {args.model} for {args.target} ...", flush=True)
+    report = npuc.compile(model, inputs, target=args.target, passes=args.passes).simulate()
+    print(report.to_json() if args.json else report)
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     import npuc
 
@@ -140,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"for --check (default 1e-5 float, {QUANTIZED_TOLERANCE} integer targets)")
     c.add_argument("--debug", action="store_true", help="verify the graph after every pass")
     c.set_defaults(fn=cmd_compile)
+    m = sub.add_parser("simulate", help="cycles, energy and memory per layer on the target")
+    m.add_argument("model", help="path/to/file.py:factory or model.pt2")
+    m.add_argument("--target", default="npu-int8")
+    m.add_argument("--passes", default=None, help="pipeline (default: the target's)")
+    m.add_argument("--json", action="store_true", help="print the report as JSON")
+    m.set_defaults(fn=cmd_simulate)
     q = sub.add_parser("compare", help="where a quantized model loses accuracy, op by op")
     q.add_argument("model", help="path/to/file.py:factory or model.pt2")
     q.add_argument("--target", default="npu-int8")

@@ -68,6 +68,13 @@ class CompiledModel:
                         for o in interpret(graph, *inputs))
         return outputs[0] if len(outputs) == 1 else outputs
 
+    def simulate(self) -> Any:
+        """The SimReport of the lowered graph on the target: per-layer engine, cycles, bytes and
+        energy, and totals (see `npuc.simulator`)."""
+        from npuc.simulator import simulate
+
+        return simulate(self.ir, self.target)
+
     def compare(self, *inputs: Any) -> Comparison:
         """Per value, the SQNR and relative error of the integer graph against the float graph
         it was lowered from, on `inputs` (see `npuc.compare`)."""

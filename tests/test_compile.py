@@ -129,6 +129,13 @@ def test_cli_compare_lists_the_lossiest_ops(tmp_path: Path) -> None:
     assert float_only.returncode != 0 and "not quantized" in float_only.stderr
 
 
+def test_cli_simulate_prints_the_report(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text(FACTORY)
+    result = npuc_cli("simulate", "net.py:build", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "qconv" in result.stdout and "npu" in result.stdout and "total:" in result.stdout
+
+
 def test_cli_reports_unsupported_ops(tmp_path: Path) -> None:
     (tmp_path / "net.py").write_text(FACTORY)
     result = npuc_cli("compile", "net.py:broken", cwd=tmp_path)

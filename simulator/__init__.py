@@ -1,0 +1,104 @@
+"""npuc.simulator: what a lowered graph costs on a target, per layer and in total.
+
+    report = npuc.simulator.simulate(cm.ir, target)     # or cm.simulate()
+    print(report)            # per-layer table and totals
+    report.to_json()
+
+Each op runs on the cheapest engine of the target that supports it (`cost.supports` says why an
+engine cannot, and the report keeps the reason); ops run one after another in graph order (the
+engines do not overlap yet), and the memory plan packs activations into one arena.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from npuc.ir import Graph
+
+from .cost import OpCost, engines, op_cost, supports
+from .memory import MemoryPlan, plan_memory
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    op: str
+    engine: str
+    macs: int
+    compute_cycles: int
+    cycles: int  # at the engine's clock, memory included
+    utilization: float
+    dram_bytes: int
+    sram_bytes: int
+    energy_j: float
+    bound: str
+    seconds: float
+    note: str  # why faster engines were not used
+
+
+@dataclass(frozen=True)
+class SimReport:
+    target: str
+    rows: tuple[Row, ...]
+    total_cycles: int  # at the NPU's clock (else the first engine's)
+    latency_s: float
+    energy_j: float
+    arena_bytes: int
+    arena_lower_bound: int
+    weight_bytes: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    def __str__(self) -> str:
+        head = (f"{'#':>4} {'op':<16} {'engine':<4} {'MACs':>12} {'cycles':>10} {'util':>5} "
+                f"{'DRAM B':>10} {'energy uJ':>9} {'bound':<7} module / note")
+        lines = [f"simulated on {self.target}", head]
+        for r in self.rows:
+            lines.append(f"{r.name:>4} {r.op:<16} {r.engine:<4} {r.macs:>12,} {r.cycles:>10,} "
+                         f"{r.utilization:5.0%} {r.dram_bytes:>10,} {r.energy_j * 1e6:9.2f} "
+                         f"{r.bound:<7} {r.note}")
+        lines.append(f"total: {self.total_cycles:,} cycles, {self.latency_s * 1e3:.3f} ms, "
+                     f"{self.energy_j * 1e6:.1f} uJ; arena {self.arena_bytes:,} B (lower bound "
+                     f"{self.arena_lower_bound:,} B); weights {self.weight_bytes:,} B")
+        return "\n".join(lines)
+
+
+def simulate(graph: Graph, target) -> SimReport:  # noqa: ANN001 - a npuc.targets.Target
+    """Place, cost and plan `graph` on `target` (see the module docstring)."""
+    from npuc import targets as _targets
+
+    target = _targets.get(target)
+    available = engines(target)
+    if not available or target.memory is None or target.energy is None:
+        raise ValueError(f"target {target.name} describes no engines/memory/energy to simulate")
+    order = [n for n in graph.nodes if not n.is_const]
+    rows = []
+    for i, node in enumerate(order):
+        if node.op == "input":
+            continue
+        costs: list[OpCost] = []
+        reasons = []
+        for engine in available:
+            why = supports(engine, node)
+            if why is None:
+                costs.append(op_cost(engine, node, target))
+            else:
+                reasons.append(f"{engine}: {why}")
+        best = min(costs, key=lambda c: c.seconds)
+        note = node.loc or ""
+        if best.engine != available[0] and reasons:
+            note = f"{note} ({'; '.join(reasons)})".strip()
+        clock = getattr(target, best.engine).clock_hz
+        rows.append(Row(str(i), node.op, best.engine, best.macs, best.compute_cycles,
+                        round(best.seconds * clock), best.utilization, best.dram_bytes,
+                        best.sram_bytes, best.energy_j, best.bound, best.seconds, note))
+    memory: MemoryPlan = plan_memory(graph, order)
+    latency = sum(r.seconds for r in rows)
+    clock = getattr(target, available[0]).clock_hz
+    weights = sum(n.attrs["data"].nbytes if n.attrs.get("data") is not None else n.type.nbytes
+                  for n in graph.nodes if n.is_const)
+    energy = sum(r.energy_j for r in rows) + target.energy.static_w * latency
+    return SimReport(target.name, tuple(rows), round(latency * clock), latency, energy,
+                     memory.arena_bytes, memory.lower_bound, weights)

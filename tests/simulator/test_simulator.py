@@ -1,0 +1,135 @@
+"""The simulator: SCALE-Sim's fold formula on hand-computed cases, the cost model's monotonicity
+and accounting properties, the memory plan's invariants, and every zoo model on every target."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import npuc
+from npuc.simulator import simulate
+from npuc.simulator.cost import op_cost, supports
+from npuc.simulator.memory import plan_memory
+from npuc.simulator.systolic import gemm_cycles
+from tests.models import ZOO
+
+dims = st.integers(1, 300)
+arrays = st.sampled_from([(8, 8), (32, 32), (16, 64), (128, 128)])
+dataflows = st.sampled_from(["ws", "os", "is"])
+
+
+def test_fold_formula_by_hand() -> None:
+    # ws on 2x2: K=3 rows fold twice, N=2 columns once; each fold 2*2 + 2 + M(4) - 2 = 8 cycles
+    assert gemm_cycles(4, 3, 2, 2, 2, "ws") == 16
+    # os: M=4 over 2 rows (2 folds), N=2 over 2 columns; T = K = 3: 2 * (4 + 2 + 3 - 2) = 14
+    assert gemm_cycles(4, 3, 2, 2, 2, "os") == 14
+    # is: K=3 over rows (2 folds), M=4 over columns (2 folds), T = N = 2: 4 * 6 = 24
+    assert gemm_cycles(4, 3, 2, 2, 2, "is") == 24
+    with pytest.raises(ValueError, match="dataflow"):
+        gemm_cycles(1, 1, 1, 2, 2, "rs")
+
+
+@given(dims, dims, dims, arrays, dataflows, st.sampled_from(["m", "k", "n"]))
+def test_more_macs_never_fewer_cycles(m: int, k: int, n: int, array: tuple, flow: str,
+                                      grow: str) -> None:
+    bigger = {"m": (m + 1, k, n), "k": (m, k + 1, n), "n": (m, k, n + 1)}[grow]
+    assert gemm_cycles(*bigger, *array, flow) >= gemm_cycles(m, k, n, *array, flow)
+
+
+@given(dims, dims, dims, arrays, dataflows)
+def test_cycles_bound_the_array(m: int, k: int, n: int, array: tuple, flow: str) -> None:
+    """No GEMM beats the array's peak: cycles >= MACs / PEs."""
+    assert gemm_cycles(m, k, n, *array, flow) * array[0] * array[1] >= m * k * n
+
+
+@pytest.fixture(scope="module")
+def resnet():  # noqa: ANN201 - a CompiledModel
+    model, inputs = ZOO["resnet_basic"]()
+    return npuc.compile(model, inputs, target="npu-int8")
+
+
+@given(st.integers(10, 24))
+def test_more_sram_never_more_dram_traffic(resnet, log_sram: int) -> None:  # noqa: ANN001
+    target = npuc.targets.get("npu-int8")
+    small = dataclasses.replace(target, memory=dataclasses.replace(target.memory,
+                                                                  sram_bytes=1 << log_sram))
+    large = dataclasses.replace(target, memory=dataclasses.replace(target.memory,
+                                                                  sram_bytes=2 << log_sram))
+    for node in resnet.ir.nodes:
+        if node.is_const or node.op == "input":
+            continue
+        for engine in ("npu", "dsp", "cpu"):
+            if supports(engine, node) is None:
+                assert (op_cost(engine, node, large).dram_bytes
+                        <= op_cost(engine, node, small).dram_bytes)
+
+
+def test_energy_is_the_sum_of_its_parts(resnet) -> None:  # noqa: ANN001
+    target = npuc.targets.get("npu-int8")
+    report = resnet.simulate()
+    e = target.energy
+    assert report.energy_j == pytest.approx(sum(r.energy_j for r in report.rows)
+                                            + e.static_w * report.latency_s, rel=1e-12)
+    for r in report.rows:
+        bound = (r.macs * max(e.mac_i8_pj, e.mac_i16_pj, e.mac_f32_pj)
+                 + r.sram_bytes * e.sram_byte_pj + r.dram_bytes * e.dram_byte_pj) * 1e-12
+        floor = (r.macs * min(e.mac_i8_pj, e.mac_i16_pj)
+                 + r.sram_bytes * e.sram_byte_pj + r.dram_bytes * e.dram_byte_pj) * 1e-12
+        assert floor * (1 - 1e-12) <= r.energy_j <= bound * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("name", ["resnet_basic", "attention_block", "unet_small",
+                                  "lstm_classifier"])
+def test_memory_plan_never_overlaps_live_tensors(name: str) -> None:
+    model, inputs = ZOO[name]()
+    graph = npuc.compile(model, inputs).ir
+    order = [n for n in graph.nodes if not n.is_const]
+    plan = plan_memory(graph, order)
+    assert plan.arena_bytes >= plan.lower_bound > 0
+    buffers = plan.buffers
+    for i, a in enumerate(buffers):
+        for b in buffers[i + 1:]:
+            if a.start <= b.end and b.start <= a.end and a.size and b.size:
+                assert a.offset + a.size <= b.offset or b.offset + b.size <= a.offset
+
+
+@pytest.mark.parametrize("target", ["npu-int8", "npu-w4a8", "cpu-fp32"])
+@pytest.mark.parametrize("name", [n for n in ZOO if n != "minilm"])
+def test_every_zoo_model_on_every_target(name: str, target: str) -> None:
+    model, inputs = ZOO[name]()
+    cm = npuc.compile(model, inputs, target=target)
+    start = time.perf_counter()
+    report = cm.simulate()
+    assert time.perf_counter() - start < 1.0
+    assert report.total_cycles > 0 and report.latency_s > 0 and report.energy_j > 0
+    t = npuc.targets.get(target)
+    for row in report.rows:
+        assert getattr(t, row.engine) is not None
+        assert row.bound in ("compute", "memory") and 0 <= row.utilization <= 1
+    if target.startswith("npu"):
+        gemms = [r for r in report.rows if r.op in ("qconv", "qlinear", "qmatmul")]
+        assert all(r.engine in ("npu", "dsp") for r in gemms)
+    assert json.loads(report.to_json())["target"] == target
+    assert "total:" in str(report)
+
+
+def test_int4_weights_double_the_array_throughput() -> None:
+    model, inputs = ZOO["resnet_basic"]()
+    int8 = npuc.compile(model, inputs, target="npu-int8").simulate()
+    int4 = npuc.compile(model, inputs, target="npu-w4a8").simulate()
+    npu8 = sum(r.compute_cycles for r in int8.rows if r.engine == "npu")
+    npu4 = sum(r.compute_cycles for r in int4.rows if r.engine == "npu")
+    assert npu4 == pytest.approx(npu8 / 2, rel=0.01)
+
+
+def test_simulating_a_target_without_hardware_says_so() -> None:
+    model, inputs = ZOO["mlp"]()
+    graph = npuc.compile(model, inputs).ir
+    bare = dataclasses.replace(npuc.targets.get("npu-int8"), npu=None, dsp=None, cpu=None)
+    with pytest.raises(ValueError, match="no engines"):
+        simulate(graph, bare)
