@@ -47,9 +47,57 @@ class SimReport:
     arena_bytes: int
     arena_lower_bound: int
     weight_bytes: int
+    peak_macs_per_s: float  # the fastest engine's, for the roofline
+    dram_bytes_per_s: float
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
+
+    def plot(self, path: str) -> None:
+        """Write a figure to `path`: per-layer latency and energy bars coloured by engine, and a
+        roofline (achieved MAC/s against MACs per DRAM byte, under the target's compute and
+        DRAM-bandwidth roofs)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        colours = {"npu": "tab:blue", "dsp": "tab:orange", "cpu": "tab:red"}
+        rows = self.rows
+        fig, (lat, en, roof) = plt.subplots(3, 1, figsize=(max(8, len(rows) * 0.18), 11))
+        x = range(len(rows))
+        colour = [colours[r.engine] for r in rows]
+        lat.bar(x, [r.seconds * 1e6 for r in rows], color=colour)
+        lat.set_ylabel("latency (us)")
+        lat.set_title(f"{self.target}: {self.latency_s * 1e3:.3f} ms, "
+                      f"{self.energy_j * 1e6:.1f} uJ per inference")
+        en.bar(x, [r.energy_j * 1e6 for r in rows], color=colour)
+        en.set_ylabel("energy (uJ)")
+        for axis in (lat, en):
+            axis.set_xticks(list(x), [f"{r.name} {r.op}" for r in rows], rotation=90,
+                            fontsize=6)
+        from matplotlib.patches import Patch
+
+        lat.legend(handles=[Patch(color=c, label=e) for e, c in colours.items()])
+        gemm = [r for r in rows if r.macs and r.dram_bytes]
+        roof.scatter([r.macs / r.dram_bytes for r in gemm],
+                     [r.macs / r.seconds for r in gemm], c=[colours[r.engine] for r in gemm])
+        roof.set_xscale("log")
+        roof.set_yscale("log")
+        roof.set_xlabel("arithmetic intensity (MACs per DRAM byte)")
+        roof.set_ylabel("achieved MAC/s")
+        peak_macs_per_s, dram_bytes_per_s = self.peak_macs_per_s, self.dram_bytes_per_s
+        if gemm:
+            lo = min(r.macs / r.dram_bytes for r in gemm) / 2
+            hi = max(r.macs / r.dram_bytes for r in gemm) * 2
+            knee = peak_macs_per_s / dram_bytes_per_s
+            xs = [lo, min(max(knee, lo), hi), hi]
+            roof.plot(xs, [min(peak_macs_per_s, v * dram_bytes_per_s) for v in xs], "k--",
+                      label="roofline")
+            roof.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
 
     def __str__(self) -> str:
         head = (f"{'#':>4} {'op':<16} {'engine':<4} {'MACs':>12} {'cycles':>10} {'util':>5} "
@@ -101,4 +149,15 @@ def simulate(graph: Graph, target) -> SimReport:  # noqa: ANN001 - a npuc.target
                   for n in graph.nodes if n.is_const)
     energy = sum(r.energy_j for r in rows) + target.energy.static_w * latency
     return SimReport(target.name, tuple(rows), round(latency * clock), latency, energy,
-                     memory.arena_bytes, memory.lower_bound, weights)
+                     memory.arena_bytes, memory.lower_bound, weights, peak_macs(target),
+                     target.memory.dram_bytes_per_s)
+
+
+def peak_macs(target) -> float:  # noqa: ANN001
+    """MACs per second of the target's fastest engine at full rate."""
+    if target.npu is not None:
+        npu = target.npu
+        return npu.rows * npu.cols * npu.clock_hz * 8 / npu.weight_bits
+    if target.dsp is not None:
+        return target.dsp.lanes * target.dsp.clock_hz
+    return target.cpu.ops_per_cycle * target.cpu.clock_hz

@@ -118,6 +118,12 @@ def test_every_zoo_model_on_every_target(name: str, target: str) -> None:
     assert "total:" in str(report)
 
 
+def test_plot_writes_a_figure(resnet, tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "report.png"
+    resnet.simulate().plot(str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+
+
 def test_int4_weights_double_the_array_throughput() -> None:
     model, inputs = ZOO["resnet_basic"]()
     int8 = npuc.compile(model, inputs, target="npu-int8").simulate()
