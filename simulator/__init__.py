@@ -4,9 +4,10 @@
     print(report)            # per-layer table and totals
     report.to_json()
 
-Each op runs on the cheapest engine of the target that supports it (`cost.supports` says why an
-engine cannot, and the report keeps the reason); ops run one after another in graph order (the
-engines do not overlap yet), and the memory plan packs activations into one arena.
+Each op runs on the fastest engine of the target that supports it (`cost.supports` says why an
+engine cannot, and the report keeps the reason); a list schedule (`schedule.py`) overlaps ops on
+different engines and charges operands that cross engines a DRAM round trip; the memory plan
+packs activations into one arena over the schedule's order.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from npuc.ir import Graph
 
 from .cost import OpCost, engines, op_cost, supports
 from .memory import MemoryPlan, plan_memory
+from .schedule import list_schedule
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Row:
     energy_j: float
     bound: str
     seconds: float
+    start_s: float  # when the list schedule starts it
     note: str  # why faster engines were not used
 
 
@@ -49,6 +52,7 @@ class SimReport:
     weight_bytes: int
     peak_macs_per_s: float  # the fastest engine's, for the roofline
     dram_bytes_per_s: float
+    transfer_bytes: int  # moved between engines through the shared SRAM
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -109,7 +113,8 @@ class SimReport:
                          f"{r.bound:<7} {r.note}")
         lines.append(f"total: {self.total_cycles:,} cycles, {self.latency_s * 1e3:.3f} ms, "
                      f"{self.energy_j * 1e6:.1f} uJ; arena {self.arena_bytes:,} B (lower bound "
-                     f"{self.arena_lower_bound:,} B); weights {self.weight_bytes:,} B")
+                     f"{self.arena_lower_bound:,} B); weights {self.weight_bytes:,} B; "
+                     f"{self.transfer_bytes:,} B moved between engines")
         return "\n".join(lines)
 
 
@@ -122,8 +127,8 @@ def simulate(graph: Graph, target) -> SimReport:  # noqa: ANN001 - a npuc.target
     if not available or target.memory is None or target.energy is None:
         raise ValueError(f"target {target.name} describes no engines/memory/energy to simulate")
     order = [n for n in graph.nodes if not n.is_const]
-    rows = []
-    for i, node in enumerate(order):
+    placed: dict = {}
+    for node in order:
         if node.op == "input":
             continue
         costs: list[OpCost] = []
@@ -138,19 +143,34 @@ def simulate(graph: Graph, target) -> SimReport:  # noqa: ANN001 - a npuc.target
         note = node.loc or ""
         if best.engine != available[0] and reasons:
             note = f"{note} ({'; '.join(reasons)})".strip()
+        placed[node] = (best, note)
+    slots = list_schedule(graph, {n: c.engine for n, (c, _) in placed.items()},
+                          {n: c.seconds for n, (c, _) in placed.items()}, target.memory,
+                          target.memory.sram_bytes_per_cycle * getattr(target,
+                                                                       available[0]).clock_hz)
+    rows = []
+    for i, node in enumerate(order):
+        if node not in placed:
+            continue
+        best, note = placed[node]
         clock = getattr(target, best.engine).clock_hz
         rows.append(Row(str(i), node.op, best.engine, best.macs, best.compute_cycles,
                         round(best.seconds * clock), best.utilization, best.dram_bytes,
-                        best.sram_bytes, best.energy_j, best.bound, best.seconds, note))
-    memory: MemoryPlan = plan_memory(graph, order)
-    latency = sum(r.seconds for r in rows)
+                        best.sram_bytes, best.energy_j, best.bound, best.seconds,
+                        slots[node].start, note))
+    by_start = sorted(order, key=lambda n: (slots[n].start if n in slots else -1.0,
+                                            order.index(n)))
+    memory: MemoryPlan = plan_memory(graph, by_start)
+    latency = max((slot.finish for slot in slots.values()), default=0.0)
+    moved = sum(slot.transfer_bytes for slot in slots.values())
     clock = getattr(target, available[0]).clock_hz
     weights = sum(n.attrs["data"].nbytes if n.attrs.get("data") is not None else n.type.nbytes
                   for n in graph.nodes if n.is_const)
-    energy = sum(r.energy_j for r in rows) + target.energy.static_w * latency
+    energy = (sum(r.energy_j for r in rows) + target.energy.static_w * latency
+              + 2 * moved * target.energy.sram_byte_pj * 1e-12)
     return SimReport(target.name, tuple(rows), round(latency * clock), latency, energy,
                      memory.arena_bytes, memory.lower_bound, weights, peak_macs(target),
-                     target.memory.dram_bytes_per_s)
+                     target.memory.dram_bytes_per_s, moved)
 
 
 def peak_macs(target) -> float:  # noqa: ANN001

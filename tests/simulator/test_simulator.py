@@ -74,7 +74,9 @@ def test_energy_is_the_sum_of_its_parts(resnet) -> None:  # noqa: ANN001
     report = resnet.simulate()
     e = target.energy
     assert report.energy_j == pytest.approx(sum(r.energy_j for r in report.rows)
-                                            + e.static_w * report.latency_s, rel=1e-12)
+                                            + e.static_w * report.latency_s
+                                            + 2 * report.transfer_bytes * e.sram_byte_pj * 1e-12,
+                                            rel=1e-12)
     for r in report.rows:
         bound = (r.macs * max(e.mac_i8_pj, e.mac_i16_pj, e.mac_f32_pj)
                  + r.sram_bytes * e.sram_byte_pj + r.dram_bytes * e.dram_byte_pj) * 1e-12
@@ -116,6 +118,29 @@ def test_every_zoo_model_on_every_target(name: str, target: str) -> None:
         assert all(r.engine in ("npu", "dsp") for r in gemms)
     assert json.loads(report.to_json())["target"] == target
     assert "total:" in str(report)
+
+
+@pytest.mark.parametrize("name", ["attention_block", "unet_small", "conformer_conv"])
+def test_list_schedule_respects_dependencies_and_engines(name: str) -> None:
+    model, inputs = ZOO[name]()
+    graph = npuc.compile(model, inputs).ir
+    report = simulate(graph, "npu-int8")
+    order = [n for n in graph.nodes if not n.is_const]
+    row = {order[int(r.name)]: r for r in report.rows}
+    for node, r in row.items():
+        for i in node.inputs:
+            if i in row:  # operands finish (and cross engines) before their reader starts
+                assert r.start_s >= row[i].start_s + row[i].seconds - 1e-15
+    by_engine: dict[str, list] = {}
+    for r in report.rows:
+        by_engine.setdefault(r.engine, []).append((r.start_s, r.start_s + r.seconds))
+    for spans in by_engine.values():  # an engine runs one op at a time
+        spans.sort()
+        assert all(a[1] <= b[0] + 1e-15 for a, b in zip(spans, spans[1:], strict=False))
+    sequential = sum(r.seconds for r in report.rows)
+    longest_engine = max(sum(e - s for s, e in spans) for spans in by_engine.values())
+    assert longest_engine <= report.latency_s + 1e-15
+    assert report.latency_s <= sequential + 2 * report.transfer_bytes / 1e6 + 1e-12
 
 
 def test_plot_writes_a_figure(resnet, tmp_path) -> None:  # noqa: ANN001
