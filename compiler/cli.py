@@ -135,6 +135,16 @@ def cmd_passes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_command(sub: Any, name: str, help: str, fn: Any) -> argparse.ArgumentParser:
+    """A subcommand that compiles a model for a target: its model, --target and --passes."""
+    parser = sub.add_parser(name, help=help)
+    parser.add_argument("model", help="path/to/file.py:factory or model.pt2")
+    parser.add_argument("--target", default="npu-int8")
+    parser.add_argument("--passes", default=None, help="pipeline (default: the target's)")
+    parser.set_defaults(fn=fn)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="npuc", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,17 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"for --check (default 1e-5 float, {QUANTIZED_TOLERANCE} integer targets)")
     c.add_argument("--debug", action="store_true", help="verify the graph after every pass")
     c.set_defaults(fn=cmd_compile)
-    m = sub.add_parser("simulate", help="cycles, energy and memory per layer on the target")
-    m.add_argument("model", help="path/to/file.py:factory or model.pt2")
-    m.add_argument("--target", default="npu-int8")
-    m.add_argument("--passes", default=None, help="pipeline (default: the target's)")
+    m = _model_command(sub, "simulate", "cycles, energy and memory per layer on the target",
+                       cmd_simulate)
     m.add_argument("--json", action="store_true", help="print the report as JSON")
-    m.set_defaults(fn=cmd_simulate)
-    q = sub.add_parser("compare", help="where a quantized model loses accuracy, op by op")
-    q.add_argument("model", help="path/to/file.py:factory or model.pt2")
-    q.add_argument("--target", default="npu-int8")
-    q.add_argument("--passes", default=None, help="pipeline (default: the target's)")
-    q.set_defaults(fn=cmd_compare)
+    _model_command(sub, "compare", "where a quantized model loses accuracy, op by op",
+                   cmd_compare)
     t = sub.add_parser("targets", help="list the built-in targets or show one")
     t.add_argument("name", nargs="?")
     t.set_defaults(fn=cmd_targets)
