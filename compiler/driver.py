@@ -75,6 +75,14 @@ class CompiledModel:
 
         return simulate(self.ir, self.target)
 
+    def emit_c(self, out_dir: Any) -> Any:
+        """Write the lowered graph as a C99 project into `out_dir` (see `npuc.codegen`): `make`
+        builds `./model`, which computes exactly what `run` computes. Returns the directory."""
+        from npuc.codegen import emit_c
+
+        pipeline = tuple(r.name for r in self.records)
+        return emit_c(self.ir, out_dir, target=self.target, pipeline=pipeline)
+
     def compare(self, *inputs: Any) -> Comparison:
         """Per value, the SQNR and relative error of the integer graph against the float graph
         it was lowered from, on `inputs` (see `npuc.compare`)."""

@@ -45,8 +45,9 @@ class Lowering:
     """The state of one lowering: planned specs, lowered values, and how to build integer nodes."""
 
     def __init__(self, specs: dict[Node, Spec], formats: Callable[[str | None], Any],
-                 stats: Stats) -> None:
+                 stats: Stats, wide_gemms: bool = False) -> None:
         self.specs, self.formats, self.stats = specs, formats, stats
+        self.wide_gemms = wide_gemms  # int16 activations into MACs (16x8), not narrowed
         self.env: dict[Node, Node] = {}
 
     def spec(self, node: Node) -> Spec:
@@ -67,11 +68,13 @@ class Lowering:
             return value
         return make("rescale", [value], {"dtype": want.dtype.value}, node.loc, want.quant)
 
-    def gemm_operand(self, node: Node) -> Node:
+    def gemm_operand(self, node: Node, narrow: bool = False) -> Node:
         """An activation a MAC array multiplies: int8, rescaled from int16 when the plan made it
-        wide (int16 x int16 products would overflow an int32 accumulator after a few terms)."""
+        wide, unless the target multiplies int16 by int8 (`wide_gemms`) and this is not the
+        `narrow` side of a product of two activations (int16 x int16 products would overflow an
+        int32 accumulator after a few terms)."""
         spec = self.specs.get(node)
-        if spec is None or spec.dtype != DType.I16:
+        if spec is None or spec.dtype != DType.I16 or self.wide_gemms and not narrow:
             return self.operand(node)
         lo, hi = self.stats.ranges.get(node, (0.0, 0.0))
         return self.operand(node, _params(lo, hi, DType.I8))
@@ -100,9 +103,10 @@ def unsupported(node: Node, why: str, hint: str) -> UnsupportedError:
 
 
 def lower(graph: Graph, specs: dict[Node, Spec], formats: Callable[[str | None], Any],
-          stats: Stats) -> tuple[Graph, dict[Node, Node]]:
-    """The integer-only graph and {lowered value: float value it represents}."""
-    lowering = Lowering(specs, formats, stats)
+          stats: Stats, wide_gemms: bool = False) -> tuple[Graph, dict[Node, Node]]:
+    """The integer-only graph and {lowered value: float value it represents}; `wide_gemms`
+    keeps int16 activations as int16 MAC operands (see `Lowering.gemm_operand`)."""
+    lowering = Lowering(specs, formats, stats, wide_gemms)
     env, origins = lowering.env, {}
     for node in graph.nodes:
         if node.op == "input":
@@ -211,12 +215,13 @@ def _weight_error_bias(node: Node, encoded: Any, mean: np.ndarray | None) -> np.
 @rule("matmul")
 def _matmul(lowering: Lowering, node: Node) -> Node:
     operands = []
-    for v in node.inputs:  # a constant operand is a weight: symmetric int8 over its range
+    for k, v in enumerate(node.inputs):  # a constant operand is a weight: symmetric int8
         want = None
         if v.is_const:
             lo, hi = _finite_range(v.data)
             want = Spec(DType.I8, arith.qparams(lo, hi, DType.I8, symmetric=True))
-        operands.append(lowering.operand(v, want) if want else lowering.gemm_operand(v))
+        operands.append(lowering.operand(v, want) if want else
+                        lowering.gemm_operand(v, narrow=k == 1))
     return lowering.result("qmatmul", operands, {}, node)
 
 

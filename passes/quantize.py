@@ -3,7 +3,9 @@
 Contract. Requires a float graph and calibration data (`ctx.calibration`). Ensures a graph whose
 only float ops are `quantize` on its float inputs and `dequantize` on its float outputs; every
 other value is integer, with its quantization parameters in its type: activations int8 asymmetric
-per tensor, or int16 symmetric where the target's `[quantize] int16` lists an op that reads them;
+per tensor, or int16 symmetric where the target's `[quantize] int16` lists an op that reads them
+(or everywhere with `activations="int16"`, a 16x8 DSP's mode: int16 activations times int8
+weights, only the second operand of an activation-by-activation matmul narrowed to int8);
 weights in the chosen format with per-output-channel scales; biases int32 at s_in * s_w. The
 result approximates the float graph; `cm.compare` measures where it loses accuracy.
 
@@ -66,13 +68,15 @@ class Spec:
 def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
              percentile: float = 99.99, weights: str | None = None,
              layers: dict | None = None, int16: tuple | list | None = None,
-             bias_correction: bool = True, progress: bool | None = None) -> Graph:
+             activations: str | None = None, bias_correction: bool = True,
+             progress: bool | None = None) -> Graph:
     """Calibrate and lower to integer-only ops (W8A8 by default; see the module docstring).
 
     observer: "minmax" (default), "moving_average", "percentile" or "mse".
     weights: the weight format of every layer ("int8", "int4".."int2", "ternary", "palette4",
     "palette4:g8", ...); layers: {module-path glob: format} overrides per layer.
     int16: ops whose operands are int16 (default from the target, e.g. softmax, layer_norm).
+    activations: "int8" (default: int8, int16 where `int16` says) or "int16" (every activation).
     bias_correction: fold each layer's mean weight-quantization error on the calibration inputs
     into its bias.
     """
@@ -80,6 +84,9 @@ def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
     observer = observer or defaults.get("observer", "minmax")
     weights = weights or defaults.get("weights", "int8")
     wide_ops = frozenset(int16 if int16 is not None else defaults.get("int16", ()))
+    activations = activations or defaults.get("activations", "int8")
+    if activations not in ("int8", "int16"):
+        raise ValueError(f"quantize: activations must be 'int8' or 'int16', got {activations!r}")
     formats = FormatChooser(weights, layers or {})
     calibration = require_calibration(ctx.calibration, "quantize")
 
@@ -88,10 +95,11 @@ def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
     float_graph = prepare(graph)
     stats = calibrate(float_graph, calibration, observer, percentile=percentile,
                       progress=progress)
-    specs = plan(float_graph, stats, wide_ops)
+    specs = plan(float_graph, stats, wide_ops, everywhere=activations == "int16")
     if not bias_correction:
         stats.channel_means.clear()
-    lowered, origins = lower(float_graph, specs, formats, stats)
+    lowered, origins = lower(float_graph, specs, formats, stats,
+                             wide_gemms=activations == "int16")
     lowered = Graph(lowered.inputs, lowered.outputs, lowered.name,
                     {**graph.meta, "float_graph": float_graph, "origins": origins})
     wide = sum(s.dtype == DType.I16 for s in specs.values())
@@ -304,9 +312,11 @@ SOFTMAX_OUT = {DType.I8: QuantParams((1 / 256,), (-128,)), DType.I16: QuantParam
                                                                                   (0,))}
 
 
-def plan(graph: Graph, stats: Stats, wide_ops: Iterable[str]) -> dict[Node, Spec]:
-    """The dtype and parameters of every float, non-constant, non-mask value."""
-    wide = wide_values(graph, wide_ops)
+def plan(graph: Graph, stats: Stats, wide_ops: Iterable[str],
+         everywhere: bool = False) -> dict[Node, Spec]:
+    """The dtype and parameters of every float, non-constant, non-mask value (all int16 when
+    `everywhere`)."""
+    wide = set(graph.nodes) if everywhere else wide_values(graph, wide_ops)
     ranges = dict(stats.ranges)
     for node in graph.nodes:  # a clamp lends its range to a producer that requantizes anyway
         if node.op in CLAMPS:

@@ -117,7 +117,7 @@ class Target:
 # the hardware tables of a target file, each read into its dataclass
 SECTIONS: dict[str, type] = {"npu": NPU, "dsp": DSP, "cpu": CPU, "memory": Memory,
                              "energy": Energy}
-_QUANTIZE = {"int16": list, "weights": str, "observer": str}
+_QUANTIZE = {"int16": list, "weights": str, "observer": str, "activations": str}
 _KINDS = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
 
 
@@ -211,6 +211,8 @@ def _check_quantize(options: dict[str, Any], path: Path) -> None:
         parse_weight_format(options.get("weights", "int8"))
     except ValueError as e:
         raise TargetError(f"{path}: 'quantize.weights': {e}") from None
+    if options.get("activations", "int8") not in ("int8", "int16"):
+        raise TargetError(f"{path}: 'quantize.activations' must be 'int8' or 'int16'")
     if options.get("observer", "minmax") not in OBSERVERS:
         raise TargetError(f"{path}: 'quantize.observer' must be one of {', '.join(OBSERVERS)}")
     unknown = [op for op in options.get("int16", []) if op not in OPS and op != "output"]

@@ -61,7 +61,8 @@ def test_target_files_are_validated(tmp_path: Path) -> None:
         npuc.targets.load(bad)
     for line, message in [('weights = "int9"', "quantize.weights': unknown weight format"),
                           ('observer = "median"', "quantize.observer' must be one of minmax"),
-                          ('int16 = ["sofmax"]', r"unknown op\(s\) \['sofmax'\]")]:
+                          ('int16 = ["sofmax"]', r"unknown op\(s\) \['sofmax'\]"),
+                          ('activations = "int4"', "quantize.activations' must be 'int8' or")]:
         bad.write_text(f'name = "x"\ndescription = "y"\n[quantize]\n{line}\n')
         with pytest.raises(npuc.targets.TargetError, match=message):
             npuc.targets.load(bad)
@@ -75,11 +76,13 @@ def test_target_files_are_validated(tmp_path: Path) -> None:
         bad.write_text(f'name = "x"\ndescription = "y"\n[npu]\n{table}')
         with pytest.raises(npuc.targets.TargetError, match=message):
             npuc.targets.load(bad)
-    assert {"npu-int8", "npu-w4a8", "cpu-fp32"} <= set(npuc.targets.names())
+    assert {"npu-int8", "npu-w4a8", "cpu-fp32", "dsp-int16"} <= set(npuc.targets.names())
     npu_int8 = npuc.targets.get("npu-int8")
     assert (npu_int8.npu.rows, npu_int8.npu.dataflow, npu_int8.memory.sram_bytes) == \
         (32, "ws", 1 << 20)
     assert npuc.targets.get("npu-w4a8").quantize["weights"] == "int4"
+    dsp = npuc.targets.get("dsp-int16")
+    assert dsp.npu is None and dsp.dsp.lanes == 128 and dsp.quantize["activations"] == "int16"
 
 
 def npuc_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -161,3 +161,27 @@ def test_compare_needs_a_quantized_graph() -> None:
     cm = npuc.compile(model, inputs, target="cpu-fp32")
     with pytest.raises(ValueError, match="not quantized"):
         cm.compare(*inputs)
+
+
+@pytest.mark.parametrize("name", ["mlp", "mobilenetv2_block", "transformer_encoder",
+                                  "lstm_classifier", "unet_small"])
+def test_int16_activations_everywhere(name: str) -> None:
+    """dsp-int16: every activation int16, GEMMs 16x8 (int16 data, int8 weights) except the
+    narrowed second operand of an activation matmul, and closer to PyTorch than int8."""
+    model, inputs = ZOO[name]()
+    wide = npuc.compile(model, inputs, target="dsp-int16")
+    graph = wide.ir.verify()
+    assert float_ops(graph) == []
+    gemms = [n for n in graph.nodes if n.op in ("qconv", "qlinear", "qmatmul")]
+    assert gemms and all(n.inputs[0].dtype == DType.I16 for n in gemms)
+    assert all(n.inputs[1].dtype == DType.I8 for n in gemms)
+    assert all(n.dtype == DType.I16 for n in graph.nodes if n.op in ("qadd", "lut", "qmul"))
+    expected = reference(model, inputs)
+    narrow = npuc.compile(model, inputs, target="npu-int8").run(*inputs)
+    assert rel_error(wide.run(*inputs), expected) < min(0.02, rel_error(narrow, expected))
+
+
+def test_activations_option_is_checked() -> None:
+    model, inputs = ZOO["mlp"]()
+    with pytest.raises(PassError, match="activations"):
+        npuc.compile(model, inputs, passes={"quantize": {"activations": "int4"}})

@@ -1,0 +1,249 @@
+"""The view model of a generated C project: everything the templates print, computed in Python.
+
+`build_view(graph)` plans the arena (the simulator's memory plan over the graph's order, every
+tensor aligned to 16 bytes), gives each constant a C array, and asks each node's kernel lowering
+(`npuc.codegen.kernels`) for its template and literal parameters. A `Context` is what a lowering
+sees: C expressions for its operands (`ptr`), extra constant arrays (`array`), the encoded
+weights decoded for it (`weight`) and scratch memory past the plan (`scratch`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from npuc.errors import UnsupportedError
+from npuc.ir import DType, Graph, Node
+
+ALIGN = 16  # bytes: every arena tensor and scratch block starts on a 16-byte boundary
+CTYPES = {DType.I8: "int8_t", DType.U8: "uint8_t", DType.I16: "int16_t", DType.I32: "int32_t",
+          DType.I64: "int64_t", DType.BOOL: "uint8_t", DType.F32: "float",
+          DType.I4: "int8_t", DType.U4: "uint8_t"}
+
+
+def ctype(dtype: DType) -> str:
+    """The C element type of an IR dtype (bool is one byte, 0 or 1)."""
+    if dtype not in CTYPES:
+        raise UnsupportedError(f"no C type for {dtype}", stage="emit-c")
+    return CTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class Array:
+    """A constant C array: `init` is its pre-formatted initializer."""
+
+    name: str
+    ctype: str
+    size: int  # declared length (a string initializer gets room for its NUL)
+    init: str
+    comment: str
+
+
+@dataclass(frozen=True)
+class Layer:
+    index: int
+    op: str
+    loc: str
+    fn: str  # the C function's name
+    body: str  # the rendered statements
+    stage: str  # "entry" (quantizes an input), "body" or "exit" (dequantizes an output)
+
+
+@dataclass(frozen=True)
+class Port:
+    """A graph input or output as the C API sees it."""
+
+    name: str
+    ctype: str  # of its arena element (the float API converts to and from float)
+    size: int
+    expr: str  # its arena pointer
+    int_ctype: str  # the integer API's element type
+    int_expr: str  # its integer form's arena pointer (after an entry / before an exit layer)
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class View:
+    target: str
+    pipeline: tuple[str, ...]
+    arena_bytes: int
+    arena_lower_bound: int
+    arrays: tuple[Array, ...]
+    layers: tuple[Layer, ...]
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(a.size for a in self.arrays)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A lowering's result: the template `ops/<template>.c.j2` and its parameters `k`."""
+
+    template: str
+    params: dict[str, Any]
+
+
+class Context:
+    """What a kernel lowering may ask of the emitter while lowering one node."""
+
+    def __init__(self, offsets: dict[Node, int], arena_bytes: int) -> None:
+        self.offsets = offsets
+        self.arena_bytes = arena_bytes
+        self.arrays: dict[tuple[str, str], Array] = {}
+        self.names: dict[Node, str] = {}
+        self.scratch_bytes = 0  # the most any layer used past the plan
+        self._scratch = 0  # used by the current layer
+        self.prelude: list[str] = []  # statements the current layer runs first
+
+    def begin_layer(self) -> None:
+        self._scratch = 0
+        self.prelude = []
+
+    def ptr(self, node: Node) -> str:
+        """A C expression for a pointer to `node`'s elements (in the arena or a const array)."""
+        if node.is_const:
+            if node.attrs.get("encoding", "dense") != "dense":
+                raise UnsupportedError(f"this kernel cannot read {node.attrs['encoding']} weights",
+                                       op=node.op, loc=node.loc, stage="emit-c")
+            if node not in self.names:
+                self.names[node] = self.array(node.data, ctype(node.dtype), node.loc or "")
+            return self.names[node]
+        return f"(({ctype(node.dtype)} *)(npuc_arena + {self.offsets[node]}))"
+
+    def array(self, values: np.ndarray, c_type: str | None = None, comment: str = "") -> str:
+        """Name of a constant array holding `values` (identical arrays are emitted once)."""
+        values = np.ascontiguousarray(values)
+        c_type = c_type or ctype(DType.of(values))
+        key = (c_type, values.tobytes().hex() if values.nbytes <= 64 else _digest(values))
+        if key not in self.arrays:
+            name = f"npuc_c{len(self.arrays)}"
+            self.arrays[key] = Array(name, c_type, *_initializer(values, c_type), comment)
+        return self.arrays[key].name
+
+    def scratch(self, nbytes: int, c_type: str) -> str:
+        """A pointer to `nbytes` of scratch memory for the current layer only."""
+        offset = self.arena_bytes + self._scratch
+        self._scratch += -(-nbytes // ALIGN) * ALIGN
+        self.scratch_bytes = max(self.scratch_bytes, self._scratch)
+        return f"(({c_type} *)(npuc_arena + {offset}))"
+
+    def weight(self, node: Node) -> str:
+        """A pointer to `node`'s int8 values: the const array itself when dense, else scratch
+        that the layer first decodes the stored encoding into (see `kernels.decode`)."""
+        if not node.is_const or node.attrs.get("encoding", "dense") == "dense":
+            return self.ptr(node)
+        from .kernels import decode_weight
+
+        out = self.scratch(node.type.size, "int8_t")
+        self.prelude.append(decode_weight(node, out, self))
+        return out
+
+
+def _digest(values: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha1(values.tobytes()).hexdigest()
+
+
+def _initializer(values: np.ndarray, c_type: str) -> tuple[int, str]:
+    """(declared size, initializer): bytes as a string literal (compiles ~20x faster than a
+    list; one extra element holds its NUL), wider types as a list."""
+    flat = values.ravel()
+    if flat.size == 0:
+        return 1, "{0}"
+    if values.itemsize == 1 and c_type in ("int8_t", "uint8_t"):
+        raw = "".join(f"\\x{b:02x}" for b in flat.view(np.uint8).tobytes())
+        lines = [f'"{raw[i:i + 128]}"' for i in range(0, len(raw), 128)]
+        return flat.size + 1, "\n    ".join(lines)
+    if c_type == "float":
+        items = [f"{float(v).hex()}f" for v in flat.astype(np.float32)]
+    else:
+        items = [_int_literal(int(v)) for v in flat]
+    rows = [", ".join(items[i:i + 16]) for i in range(0, len(items), 16)]
+    return flat.size, "{\n    " + ",\n    ".join(rows) + "\n}"
+
+
+def _int_literal(v: int) -> str:
+    """An integer literal that is valid C for every int32/int64 value (C has no negative
+    literals: -2147483648 is the negation of a long)."""
+    if v < -(1 << 31) or v >= 1 << 31:
+        return f"({v + 1}LL - 1)" if v < 0 else f"{v}LL"
+    return f"({v + 1} - 1)" if v == -(1 << 31) else str(v)
+
+
+@dataclass
+class _Plan:
+    offsets: dict[Node, int] = field(default_factory=dict)
+    arena: int = 0
+    lower_bound: int = 0
+
+
+def _plan(graph: Graph, order: list[Node]) -> _Plan:
+    from npuc.simulator.memory import plan_memory
+
+    memory = plan_memory(graph, order, align=ALIGN)
+    return _Plan({b.node: b.offset for b in memory.buffers}, memory.arena_bytes,
+                 memory.lower_bound)
+
+
+def check_integer(graph: Graph) -> None:
+    """Only the graph's boundary may be float: quantize of an input, dequantize of an output."""
+    outputs = set(graph.outputs)
+    for node in graph.nodes:
+        if node.op in ("input", "const", "quantize") or node.op == "dequantize" and node in outputs:
+            continue
+        if node.dtype.is_float or any(i.dtype.is_float for i in node.inputs):
+            raise UnsupportedError(
+                f"float {node.op} inside the graph: generated C runs integer-only graphs",
+                op=node.op, loc=node.loc, stage="emit-c",
+                hint="compile for an integer target (npu-int8, npu-w4a8, ...); float targets "
+                     "such as cpu-fp32 are simulated but not emitted as C")
+
+
+def build_view(graph: Graph, target_name: str = "unknown",
+               pipeline: tuple[str, ...] = ()) -> View:
+    """The view model of `graph` (see the module docstring)."""
+    from .kernels import lower
+
+    check_integer(graph)
+    order = [n for n in graph.nodes if not n.is_const]
+    plan = _plan(graph, order)
+    ctx = Context(plan.offsets, plan.arena)
+    inputs = [n for n in order if n.op == "input"]
+    layers = []
+    for index, node in enumerate(order):
+        if node.op == "input":
+            continue
+        ctx.begin_layer()
+        body = lower(node, ctx)
+        entry = node.op == "quantize" and node.inputs[0].op == "input" and \
+            len(graph.users[node.inputs[0]]) == 1
+        stage = ("entry" if entry else
+                 "exit" if node.op == "dequantize" and node in graph.outputs else "body")
+        layers.append(Layer(index, node.op, node.loc or "", f"npuc_layer{index}",
+                            "\n".join(ctx.prelude + [body]), stage))
+    ports_in = tuple(_port(graph, n, ctx, i, "input") for i, n in enumerate(inputs))
+    ports_out = tuple(_port(graph, n, ctx, i, "output") for i, n in enumerate(graph.outputs))
+    return View(target_name, pipeline, plan.arena + ctx.scratch_bytes, plan.lower_bound,
+                tuple(ctx.arrays.values()), tuple(layers), ports_in, ports_out)
+
+
+def _port(graph: Graph, node: Node, ctx: Context, i: int, kind: str) -> Port:
+    integer = node
+    if kind == "input":
+        users = graph.users.get(node, [])
+        if len(users) == 1 and users[0].op == "quantize":
+            integer = users[0]
+    elif node.op == "dequantize":
+        integer = node.inputs[0]
+    if node.is_const or integer.is_const:
+        raise UnsupportedError(f"graph {kind} {i} is a constant", stage="emit-c",
+                               hint="fold it into the model")
+    name = node.attrs.get("name", f"{kind}{i}") if kind == "input" else f"output{i}"
+    return Port(str(name), ctype(node.dtype), node.type.size, ctx.ptr(node), ctype(integer.dtype),
+                ctx.ptr(integer), node.shape)

@@ -1,0 +1,54 @@
+"""Build generated C with gcc and run it: the oracle is always `cm.run` on the same inputs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+WARNINGS = "-std=c99 -Wall -Wextra -Werror"
+FAST = f"{WARNINGS} -O2"
+SANITIZE = f"{WARNINGS} -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all"
+
+
+def build(project: Path, cflags: str = FAST) -> Path:
+    """`make` the project (failing on any warning) and return the executable."""
+    if shutil.which("gcc") is None:
+        raise RuntimeError("gcc is required to build generated C")
+    result = subprocess.run(["make", "-s", "-C", str(project), "CC=gcc", f"CFLAGS={cflags}",
+                             f"LDFLAGS={cflags if 'sanitize' in cflags else ''}"],
+                            capture_output=True, text=True)
+    if result.returncode:
+        raise AssertionError(f"make failed in {project}:\n{result.stdout}\n{result.stderr}")
+    return project / "model"
+
+
+def run(exe: Path, inputs: Sequence[np.ndarray], output_sizes: Sequence[int]) -> list[np.ndarray]:
+    """Run `./model in.bin out.bin` on float32 inputs; the outputs as flat float32 arrays."""
+    folder = exe.parent
+    np.concatenate([np.asarray(x, dtype="<f4").ravel() for x in inputs]).tofile(folder / "in.bin")
+    result = subprocess.run([str(exe), str(folder / "in.bin"), str(folder / "out.bin")],
+                            capture_output=True, text=True, timeout=600)
+    if result.returncode:
+        raise AssertionError(f"{exe} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    flat = np.fromfile(folder / "out.bin", dtype="<f4")
+    return np.split(flat, np.cumsum(output_sizes)[:-1])
+
+
+def assert_bit_exact(cm, inputs: Sequence[np.ndarray], folder: Path,  # noqa: ANN001
+                     cflags: str = FAST) -> None:
+    """Emit `cm`, build it with `cflags`, run it on `inputs`; every output must equal `cm.run`
+    bit for bit."""
+    project = cm.emit_c(folder)
+    expected = cm.run(*inputs)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    got = run(build(project, cflags), inputs, [e.size for e in expected])
+    for i, (e, g) in enumerate(zip(expected, got, strict=True)):
+        e = np.asarray(e, dtype=np.float32).ravel()
+        mismatch = np.flatnonzero(e.view(np.int32) != g.view(np.int32))
+        assert mismatch.size == 0, (f"output {i}: {mismatch.size} of {e.size} values differ; "
+                                    f"first at {mismatch[:5]}: C {g[mismatch[:5]]} vs "
+                                    f"interpreter {e[mismatch[:5]]}")
