@@ -30,8 +30,9 @@ class MemoryPlan:
     lower_bound: int  # the most bytes alive at one step
 
 
-def plan_memory(graph: Graph, order: list[Node]) -> MemoryPlan:
-    """Lifetimes over `order` (the non-constant nodes in execution order) and arena offsets."""
+def plan_memory(graph: Graph, order: list[Node], align: int = 1) -> MemoryPlan:
+    """Lifetimes over `order` (the non-constant nodes in execution order) and arena offsets, each
+    a multiple of `align` bytes (the generated C aligns every tensor for its widest type)."""
     step = {n: i for i, n in enumerate(order)}
     last = len(order) - 1
     spans: dict[Node, list[int]] = {}
@@ -47,7 +48,7 @@ def plan_memory(graph: Graph, order: list[Node]) -> MemoryPlan:
     placed: list[Buffer] = []
     by_size = sorted(spans.items(), key=lambda kv: (-kv[0].type.nbytes, step[kv[0]]))
     for node, (start, end) in by_size:
-        size = node.type.nbytes
+        size = -(-node.type.nbytes // align) * align
         offset = 0
         for other in sorted((b for b in placed if b.start <= end and start <= b.end),
                             key=lambda b: b.offset):
