@@ -1,7 +1,9 @@
 """The `npuc` command line: compile a model, list targets and passes.
 
     npuc compile path/to/file.py:factory [--target npu-int8] [--out DIR] [--check] [--show]
+                 [--simulate] [--emit-c DIR]
     npuc compile model.pt2 ...
+    npuc emit-c path/to/file.py:factory --out DIR [--target npu-int8] [--no-check]
     npuc compare path/to/file.py:factory [--target npu-int8] [--passes ...]
     npuc simulate path/to/file.py:factory [--target npu-int8] [--json]
     npuc targets [NAME]
@@ -78,6 +80,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.show:
         print(cm.dump(args.show), end="")
     print(cm.report())
+    if args.simulate:
+        print(cm.simulate())
+    status = 0
+    if args.emit_c:
+        status = emit_and_check(cm, inputs, Path(args.emit_c))
     if args.check:
         outputs = cm.run(*inputs)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
@@ -89,8 +96,51 @@ def cmd_compile(args: argparse.Namespace) -> int:
         verdict = "OK" if worst <= tolerance else "MISMATCH"
         print(f"check against PyTorch: max relative error {worst:.2e} "
               f"(tolerance {tolerance:.0e}) {verdict}")
-        return 0 if worst <= tolerance else 1
-    return 0
+        return status or (0 if worst <= tolerance else 1)
+    return status
+
+
+def emit_and_check(cm: Any, inputs: tuple, out: Path, check: bool = True) -> int:
+    """Write the C project, and with `check` build it (make), run it on `inputs` and compare its
+    outputs with the interpreter's bit for bit; 1 on any difference."""
+    import shutil
+    import subprocess
+    import time
+
+    project = cm.emit_c(out)
+    print(f"wrote a C project to {project}/ (model.c, weights.c, model.h, main.c, Makefile)")
+    if not check:
+        return 0
+    if shutil.which("make") is None or shutil.which("cc") is None:
+        raise SystemExit("emit-c --check needs make and a C compiler (cc) on the PATH")
+    start = time.perf_counter()
+    built = subprocess.run(["make", "-s", "-C", str(project)], capture_output=True, text=True)
+    if built.returncode:
+        print(built.stdout + built.stderr, file=sys.stderr)
+        return 1
+    arrays = [np.asarray(x.numpy() if hasattr(x, "numpy") else x) for x in inputs]
+    np.concatenate([a.astype("<f4").ravel() for a in arrays]).tofile(project / "in.bin")
+    print(f"built {project}/model in {time.perf_counter() - start:.1f} s; running it ...")
+    subprocess.run([str(project / "model"), str(project / "in.bin"), str(project / "out.bin")],
+                   check=True)
+    got = np.fromfile(project / "out.bin", dtype="<f4")
+    expected = cm.run(*arrays)
+    expected = np.concatenate([np.asarray(e, np.float32).ravel() for e in (
+        expected if isinstance(expected, tuple) else (expected,))])
+    same = got.size == expected.size and np.array_equal(got.view(np.int32),
+                                                        expected.view(np.int32))
+    print(f"C output vs interpreter: {'bit-identical' if same else 'DIFFERENT'} "
+          f"({expected.size} values)")
+    return 0 if same else 1
+
+
+def cmd_emit_c(args: argparse.Namespace) -> int:
+    import npuc
+
+    model, inputs = load_model(args.model)
+    print(f"compiling {args.model} for {args.target} ...", flush=True)
+    cm = npuc.compile(model, inputs, target=args.target, passes=args.passes)
+    return emit_and_check(cm, inputs, Path(args.out), check=not args.no_check)
 
 
 QUANTIZED_TOLERANCE = 0.05  # --check's default for integer targets: relative error of the outputs
@@ -160,12 +210,18 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--tolerance", type=float, default=None,
                    help=f"for --check (default 1e-5 float, {QUANTIZED_TOLERANCE} integer targets)")
     c.add_argument("--debug", action="store_true", help="verify the graph after every pass")
+    c.add_argument("--simulate", action="store_true", help="print the simulator's report")
+    c.add_argument("--emit-c", metavar="DIR", help="write the C project to DIR, build it, run it "
+                   "on the example inputs and check it against the interpreter bit for bit")
     c.set_defaults(fn=cmd_compile)
     m = _model_command(sub, "simulate", "cycles, energy and memory per layer on the target",
                        cmd_simulate)
     m.add_argument("--json", action="store_true", help="print the report as JSON")
     _model_command(sub, "compare", "where a quantized model loses accuracy, op by op",
                    cmd_compare)
+    e = _model_command(sub, "emit-c", "write the C project; build, run and check it", cmd_emit_c)
+    e.add_argument("--out", required=True, help="folder for the C project")
+    e.add_argument("--no-check", action="store_true", help="only write the project")
     t = sub.add_parser("targets", help="list the built-in targets or show one")
     t.add_argument("name", nargs="?")
     t.set_defaults(fn=cmd_targets)
