@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import npuc  # noqa: E402
+import npuc.codegen  # noqa: E402
 from bench.peers import PeerError, ort_int8  # noqa: E402
 from bench.results import write_section  # noqa: E402
 from tests.models import ZOO  # noqa: E402

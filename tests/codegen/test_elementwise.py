@@ -109,3 +109,47 @@ def test_op_without_kernel_is_named_at_emit_time(tmp_path: Path,
     cm, _ = compiled("movement", "npu-int8")
     with pytest.raises(UnsupportedError, match=r"no C kernel for permute(.|\n)*op: +permute"):
         cm.emit_c(tmp_path)
+
+
+INT_MAIN = r"""
+#include <stdio.h>
+#include "model.h"
+/* reads the quantized inputs and writes the raw integer outputs (npuc_run_int) */
+int main(void) {
+    static {{IN}} in[{{N_IN}}];
+    static {{OUT}} out[{{N_OUT}}];
+    const void *inputs[1] = {in};
+    void *outputs[1] = {out};
+    if (fread(in, sizeof in[0], {{N_IN}}, stdin) != {{N_IN}}) return 1;
+    npuc_run_int(inputs, outputs);
+    fwrite(out, sizeof out[0], {{N_OUT}}, stdout);
+    return 0;
+}
+"""
+
+
+def test_integer_api_matches_raw_outputs(tmp_path: Path) -> None:
+    """npuc_run_int: quantized inputs in, the integer outputs before the final dequantize out,
+    equal to cm.run(..., raw=True)."""
+    import subprocess
+
+    from npuc.quant import arith
+    from tests.codegen.harness import build
+
+    cm, (x,) = compiled("masked", "dsp-int16")
+    quantize = next(n for n in cm.ir.nodes if n.op == "quantize")
+    scale, zp = quantize.type.quant.scale[0], quantize.type.quant.zero_point[0]
+    xq = arith.quantize(x, scale, zp, quantize.dtype)
+    raw = cm.run(x, raw=True)
+    project = cm.emit_c(tmp_path)
+    build(project)  # the float harness builds too
+    source = INT_MAIN.replace("{{IN}}", "int16_t").replace("{{N_IN}}", str(xq.size))
+    source = source.replace("{{OUT}}", "int16_t").replace("{{N_OUT}}", str(raw.size))
+    (project / "int_main.c").write_text(source)
+    subprocess.run(["gcc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-o",
+                    str(project / "int_model"), str(project / "int_main.c"),
+                    str(project / "model.c"), str(project / "weights.c"), "-lm"], check=True)
+    out = subprocess.run([str(project / "int_model")], input=xq.astype("<i2").tobytes(),
+                         capture_output=True, check=True).stdout
+    assert raw.dtype == np.int16
+    assert np.array_equal(np.frombuffer(out, dtype="<i2"), raw.ravel())
