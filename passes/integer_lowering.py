@@ -174,8 +174,11 @@ def _gemm(lowering: Lowering, node: Node) -> Node:
         raise unsupported(node, "grouped conv_transpose", "use groups=1")
     xq = lowering.gemm_operand(x)
     fmt = lowering.formats(node.loc)
+    b = bias[0].data.astype(np.float64) if bias else None
+    # a bias must fit int32 at s_x * s_w: floor s_w (half the range: room for bias correction)
+    floor = None if b is None else np.abs(b) / (per_tensor(xq.type)[0] * (1 << 30))
     try:
-        encoded = quantize_weight(w.data, fmt, axis=axis,
+        encoded = quantize_weight(w.data, fmt, axis=axis, min_scale=floor,
                                   inputs=lowering.stats.layer_inputs.get(node))
     except ValueError as e:
         raise unsupported(node, f"weight format {fmt}: {e}",
@@ -185,7 +188,7 @@ def _gemm(lowering: Lowering, node: Node) -> Node:
     scales = np.maximum(np.asarray(encoded.scale, np.float64), MIN_SCALE)
     wq = encoded_const(encoded, QuantParams(tuple(scales), (0,) * channels, axis), w.loc)
     inputs = [xq, wq]
-    b = bias[0].data.astype(np.float64) if bias else np.zeros(channels)
+    b = np.zeros(channels) if b is None else b
     shift = _weight_error_bias(node, encoded, lowering.stats.channel_means.get(node))
     if bias or np.any(shift):
         s_acc = np.maximum(per_tensor(xq.type)[0] * np.asarray(wq.type.quant.scale), MIN_SCALE)

@@ -219,13 +219,16 @@ def _divides(groups: int, channels: int) -> bool:
 
 
 def quantize_weight(w: np.ndarray, fmt: WeightFormat | str, *, axis: int = 0,
-                    inputs: np.ndarray | None = None, seed: int = 0) -> EncodedWeight:
+                    inputs: np.ndarray | None = None, min_scale: np.ndarray | None = None,
+                    seed: int = 0) -> EncodedWeight:
     """Quantize float weight `w` (output channels along `axis`) to `fmt`.
 
     `inputs` are calibration activations, (samples, K) rows matching w's channels flattened to
     (C, K): ternary refits its scale and shift on the layer outputs, palette weights its k-means
     by each input column's mean square, each only where that lowers the output error; int
-    ignores them. Every fit is deterministic; `seed` is accepted for interface stability only.
+    ignores them. `min_scale` (C,) floors the channels' scales (a layer's bias must fit int32
+    at s_in * s_w): a channel below it is re-rounded onto the coarser grid (its LUT row, for LUT
+    formats). Every fit is deterministic; `seed` is accepted for interface stability only.
     """
     del seed  # the k-means is LBG-initialised: nothing random to seed
     fmt = parse_weight_format(fmt)
@@ -240,8 +243,12 @@ def quantize_weight(w: np.ndarray, fmt: WeightFormat | str, *, axis: int = 0,
     axis = _normalise_axis(axis, w.ndim)
     rows = _rows(w, axis)
     x = None if inputs is None else _check_inputs(inputs, rows.shape[1])
+    floor = None if min_scale is None else np.broadcast_to(
+        np.asarray(min_scale, np.float64), (len(rows),))
     if fmt.kind == "int":
         values, scale = _fit_int(rows, fmt.bits)
+        if floor is not None:
+            values, scale = _coarsen(values, scale, floor, (1 << (fmt.bits - 1)) - 1)
         values = _unrows(values, w.shape, axis)
         payload = pack_bits(values, fmt.bits)
         return EncodedWeight(values, scale, fmt.encoding, payload, None, axis)
@@ -249,6 +256,11 @@ def quantize_weight(w: np.ndarray, fmt: WeightFormat | str, *, axis: int = 0,
         codes, lut, scale = _fit_ternary(rows, x)
     else:
         codes, lut, scale = _fit_palette(rows, fmt.bits, fmt.groups, x)
+    if floor is not None:  # LUT rows serve contiguous groups of channels that share a scale
+        per = len(rows) // len(lut)
+        group_floor = floor.reshape(len(lut), per).max(axis=1)
+        lut, group_scale = _coarsen(lut, scale[::per], group_floor, 127)
+        scale = np.repeat(group_scale, per)
     codes = _unrows(codes, w.shape, axis)
     values = _lookup(lut, codes, w.shape, axis)
     return EncodedWeight(values, scale, fmt.encoding, pack_bits(codes, fmt.bits), lut, axis)
@@ -297,6 +309,17 @@ def _scale_or_one(scale: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ int b
+
+
+def _coarsen(values: np.ndarray, scale: np.ndarray, floor: np.ndarray, qmax: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of int values at `scale` re-rounded onto the grid of `floor` where that is coarser."""
+    raise_ = floor > scale
+    if not raise_.any():
+        return values, scale
+    new = np.where(raise_, floor, scale)
+    coarse = _grid(values * scale[:, None], new, qmax).astype(values.dtype)
+    return np.where(raise_[:, None], coarse, values), new
 
 
 def _fit_int(rows: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:

@@ -185,3 +185,17 @@ def test_activations_option_is_checked() -> None:
     model, inputs = ZOO["mlp"]()
     with pytest.raises(PassError, match="activations"):
         npuc.compile(model, inputs, passes={"quantize": {"activations": "int4"}})
+
+
+def test_a_large_bias_on_tiny_weights_fits_int32() -> None:
+    """Regression (a random graph): bias 1.0 beside weights of 0.008 on an input of range 1e-3
+    needs 4e9 accumulator steps; the weight scale is floored so the bias fits int32."""
+    conv = torch.nn.Conv1d(1, 2, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[0.0078]], [[0.5]]]))
+        conv.bias.copy_(torch.tensor([1.0, 0.0]))
+    x = torch.rand(1, 1, 8) * 1e-3
+    cm = npuc.compile(conv.eval(), (x,), target="npu-int8")
+    qconv = next(n for n in cm.ir.nodes if n.op == "qconv")
+    assert np.abs(qconv.inputs[2].data).max() < arith.INT32_MAX
+    assert rel_error(cm.run(x.numpy()), reference(conv, (x,))) < 0.01

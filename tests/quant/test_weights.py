@@ -197,6 +197,29 @@ def test_decode_refuses_what_it_cannot_read() -> None:
 
 
 @settings(deadline=None)
+@given(any_weights(), st.data())
+def test_min_scale_floors_every_channel(case: tuple[np.ndarray, int], data: st.DataObject) -> None:
+    """A floor above a channel's scale coarsens that channel (and only it, or its LUT group), and
+    the values stay within half a step of their earlier reals (a step of the new scale)."""
+    w, axis = case
+    channels = w.shape[axis]
+    fmt = data.draw(formats_for(channels))
+    base = quantize_weight(w, fmt, axis=axis)
+    floor = base.scale * data.draw(arrays(np.float64, channels, elements=st.floats(0.1, 1e3)))
+    got = quantize_weight(w, fmt, axis=axis, min_scale=floor)
+    assert np.all(got.scale >= floor * (1 - 1e-12))
+    assert np.array_equal(decode(got.encoding, got.payload, got.lut, w.shape, got.axis),
+                          got.values)
+    step = got.scale[:, None]
+    before = np.moveaxis(base.dequantize(), axis, 0).reshape(channels, -1)
+    after = np.moveaxis(got.dequantize(), axis, 0).reshape(channels, -1)
+    assert np.all(np.abs(after - before) <= step / 2 * (1 + 1e-9) + 1e-300)
+    kept = got.scale == base.scale
+    if fmt.kind == "int":  # LUT groups coarsen together; int channels one by one
+        assert np.array_equal(after[kept], before[kept])
+
+
+@settings(deadline=None)
 @given(any_weights(), st.integers(2, 8))
 def test_int_values_in_range(case: tuple[np.ndarray, int], bits: int) -> None:
     w, axis = case
