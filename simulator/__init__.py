@@ -4,10 +4,14 @@
     print(report)            # per-layer table and totals
     report.to_json()
 
-Each op runs on the fastest engine of the target that supports it (`cost.supports` says why an
-engine cannot, and the report keeps the reason); a list schedule (`schedule.py`) overlaps ops on
-different engines and charges operands that cross engines a DRAM round trip; the memory plan
-packs activations into one arena over the schedule's order.
+Placement is schedule-aware (HEFT, `schedule.py`): ops are taken by upward rank and each goes to
+the engine, among those that support it (`cost.supports` says why an engine cannot), where it
+finishes earliest given when the engines are free and what its operands cost to move there (a
+round trip through the shared SRAM), so independent branches run concurrently on the NPU and the
+DSP. A row's note says why an op is not on the NPU: the engines' reasons, or "npu busy: finishes
+12.3 us earlier on dsp" (or "slower", or "waits for operands"). `cost.py` prices each op on each
+engine (sparsity and weight decoding included); the memory plan packs activations into one arena
+over the schedule's order.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from npuc.ir import Graph
+from npuc.ir import Graph, Node
 
-from .cost import OpCost, engines, op_cost, supports
+from .cost import OpCost, engines, op_cost, sram_bytes_per_s, supports
 from .memory import MemoryPlan, plan_memory
-from .schedule import list_schedule
+from .schedule import Slot, heft
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,18 @@ class SimReport:
                      f"{self.energy_j * 1e6:.1f} uJ; arena {self.arena_bytes:,} B (lower bound "
                      f"{self.arena_lower_bound:,} B); weights {self.weight_bytes:,} B; "
                      f"{self.transfer_bytes:,} B moved between engines")
+        lines.append("engines: " + "; ".join(
+            f"{e} {n} ops, {macs:,} MACs, busy {busy * 1e6:,.1f} us"
+            for e, (n, macs, busy) in self.by_engine().items()))
         return "\n".join(lines)
+
+    def by_engine(self) -> dict[str, tuple[int, int, float]]:
+        """Per engine that ran something: (ops, MACs, seconds busy)."""
+        totals: dict[str, tuple[int, int, float]] = {}
+        for r in self.rows:
+            n, work, busy = totals.get(r.engine, (0, 0, 0.0))
+            totals[r.engine] = (n + 1, work + r.macs, busy + r.seconds)
+        return totals
 
 
 def simulate(graph: Graph, target) -> SimReport:  # noqa: ANN001 - a npuc.targets.Target
@@ -127,43 +142,40 @@ def simulate(graph: Graph, target) -> SimReport:  # noqa: ANN001 - a npuc.target
     if not available or target.memory is None or target.energy is None:
         raise ValueError(f"target {target.name} describes no engines/memory/energy to simulate")
     order = [n for n in graph.nodes if not n.is_const]
-    placed: dict = {}
+    costs: dict[Node, dict[str, OpCost]] = {}
+    unsupported: dict[Node, list[str]] = {}
     for node in order:
         if node.op == "input":
             continue
-        costs: list[OpCost] = []
-        reasons = []
+        costs[node], unsupported[node] = {}, []
         for engine in available:
-            why = supports(engine, node)
+            why = supports(engine, node, target)
             if why is None:
-                costs.append(op_cost(engine, node, target))
+                costs[node][engine] = op_cost(engine, node, target)
             else:
-                reasons.append(f"{engine}: {why}")
-        best = min(costs, key=lambda c: c.seconds)
-        note = node.loc or ""
-        if best.engine != available[0] and reasons:
-            note = f"{note} ({'; '.join(reasons)})".strip()
-        placed[node] = (best, note)
-    slots = list_schedule(graph, {n: c.engine for n, (c, _) in placed.items()},
-                          {n: c.seconds for n, (c, _) in placed.items()}, target.memory,
-                          target.memory.sram_bytes_per_cycle * getattr(target,
-                                                                       available[0]).clock_hz)
+                unsupported[node].append(f"{engine}: {why}")
+        if not costs[node]:
+            raise ValueError(f"no engine of {target.name} runs {node.op} "
+                             f"({'; '.join(unsupported[node])})")
+    clock = getattr(target, available[0]).clock_hz
+    slots = heft(graph, {n: {e: c.seconds for e, c in by.items()} for n, by in costs.items()},
+                 target.memory, sram_bytes_per_s(target))
     rows = []
     for i, node in enumerate(order):
-        if node not in placed:
+        if node not in costs:
             continue
-        best, note = placed[node]
-        clock = getattr(target, best.engine).clock_hz
+        slot = slots[node]
+        best = costs[node][slot.engine]
         rows.append(Row(str(i), node.op, best.engine, best.macs, best.compute_cycles,
-                        round(best.seconds * clock), best.utilization, best.dram_bytes,
-                        best.sram_bytes, best.energy_j, best.bound, best.seconds,
-                        slots[node].start, note))
+                        round(best.seconds * getattr(target, best.engine).clock_hz),
+                        best.utilization, best.dram_bytes, best.sram_bytes, best.energy_j,
+                        best.bound, best.seconds, slot.start,
+                        _note(node, slot, costs[node], unsupported[node], available[0])))
     by_start = sorted(order, key=lambda n: (slots[n].start if n in slots else -1.0,
                                             order.index(n)))
     memory: MemoryPlan = plan_memory(graph, by_start)
     latency = max((slot.finish for slot in slots.values()), default=0.0)
     moved = sum(slot.transfer_bytes for slot in slots.values())
-    clock = getattr(target, available[0]).clock_hz
     weights = sum(n.attrs["data"].nbytes if n.attrs.get("data") is not None else n.type.nbytes
                   for n in graph.nodes if n.is_const)
     energy = (sum(r.energy_j for r in rows) + target.energy.static_w * latency
@@ -171,6 +183,32 @@ def simulate(graph: Graph, target) -> SimReport:  # noqa: ANN001 - a npuc.target
     return SimReport(target.name, tuple(rows), round(latency * clock), latency, energy,
                      memory.arena_bytes, memory.lower_bound, weights, peak_macs(target),
                      target.memory.dram_bytes_per_s, moved)
+
+
+def _note(node: Node, slot: Slot, costs: dict[str, OpCost], unsupported: list[str],
+          first: str) -> str:
+    """The op's module path and, when it did not run on `first` (the NPU), why: the engines that
+    cannot run it, or how much earlier it finishes where the schedule put it."""
+    note = node.loc or ""
+    if slot.engine == first:
+        return note
+    if first not in costs:
+        why = "; ".join(unsupported)
+    else:
+        there = slot.options[first]
+        if costs[first].seconds > costs[slot.engine].seconds:
+            cause = "slower"
+        elif there.start > there.ready:
+            cause = "busy"
+        else:
+            cause = "waits for operands"
+        why = (f"{first} {cause}: finishes {_duration(there.finish - slot.finish)} earlier on "
+               f"{slot.engine}")
+    return f"{note} ({why})".strip()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1e6:.1f} us" if seconds >= 1e-7 else f"{seconds * 1e9:.1f} ns"
 
 
 def peak_macs(target) -> float:  # noqa: ANN001

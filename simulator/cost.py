@@ -4,17 +4,42 @@ NPU: the integer GEMM ops (qconv, qlinear, qmatmul, qconv_transpose) as im2col G
 systolic array (`systolic.gemm_cycles`), per group, at 8 / weight_bits MACs per PE per cycle and
 `int16_rate` for int16 activations. DSP: every other integer op, `DSP_WORK` operations per
 element over `lanes` (half for int16), and depthwise convs as MACs over lanes. CPU: anything,
-float included, at `ops_per_cycle`. Reshape is free (a view); every other data movement is a copy.
+float included, at `ops_per_cycle`, the same `DSP_WORK` operations per element for integer ops
+(one for float ones). Reshape is a view: free, on any engine; every other data movement is a copy.
+SRAM bandwidth is `sram_bytes_per_cycle` at the clock of the target's first engine (the NPU, else
+the DSP): the SRAM's, whichever engine reads it.
 
 Memory: weights stream from DRAM once; activations stay in SRAM unless an op's working set
 exceeds it, then they round-trip DRAM once per SRAM-sized tile. With double buffering an op takes
-max(compute, memory) plus the DRAM latency of its first tile.
+max(compute, memory) plus the DRAM latency of its first tile. A `gather` from a constant table
+(an embedding) reads only the rows it fetches: its output's bytes, not the whole table.
+
+Sparsity (`npu.zero_skipping`): the NPU skips every MAC whose weight is zero, so a GEMM's compute
+cycles (fill and drain included: an idealised compaction of the nonzero weights over the array)
+and its MAC energy scale with the weight density, the fraction of nonzero values of the decoded
+weight constant (`weight_density`, computed once per constant). The report still counts the
+dense MACs. The weights then stream as a bitmap (1 bit per weight) plus the nonzero values at
+their stored width (plus the LUT of a LUT format) when that is smaller than the stored bytes.
+Without zero skipping nothing changes.
+
+Encoded weights (`encoding` of the constant, see npuc.quant.constants). LUT formats (palette<b>,
+ternary) always stream their stored bytes (packed codes + LUT). With `npu.palette_decode` the NPU
+looks them up in its weight path for free; without it they are first decoded to int8 on the DSP
+(the CPU if there is no DSP): one operation per weight element over the lanes, plus writing and
+reading the decoded weights through SRAM, all added to the GEMM's time, SRAM bytes and energy
+(the decoder's own occupancy is not scheduled separately). Sub-byte integer weights ("int4", ...)
+whose width the array does not take natively (neither 8 nor `weight_bits`) are unpacked the same
+way, without a LUT. After decoding, LUT weights are int8 values and run at the int8 MAC rate. On
+the DSP or CPU a GEMM on encoded weights decodes inline: one more operation per weight element.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
+
+import numpy as np
 
 from npuc.ir import DType, Node
 from npuc.ops import macs
@@ -23,7 +48,7 @@ from .systolic import gemm_cycles
 
 GEMMS = frozenset({"qconv", "qlinear", "qmatmul", "qconv_transpose"})
 FREE = frozenset({"reshape", "input", "const"})
-# DSP operations per output element (a lookup, a requantization, ...), by op
+# DSP (and CPU) operations per output element (a lookup, a requantization, ...), by op
 DSP_WORK = {"lut": 1, "rescale": 2, "qadd": 4, "qsub": 4, "qmul": 3, "qprelu": 3,
             "qsoftmax": 8, "qlog_softmax": 10, "qlayer_norm": 10, "qgroup_norm": 10,
             "quantize": 2, "dequantize": 2, "where": 1, "maximum": 1, "minimum": 1}
@@ -43,17 +68,32 @@ class OpCost:
 
 
 def engines(target) -> list[str]:  # noqa: ANN001 - a npuc.targets.Target
+    """The engines `target` has, fastest kind first (npu, dsp, cpu)."""
     return [e for e in ("npu", "dsp", "cpu") if getattr(target, e, None) is not None]
 
 
-def supports(engine: str, node: Node) -> str | None:
-    """None if `engine` can run `node`, else why not (shown in the report)."""
+def sram_bytes_per_s(target) -> float:  # noqa: ANN001
+    """The shared SRAM's bandwidth: `sram_bytes_per_cycle` at the first engine's clock."""
+    return target.memory.sram_bytes_per_cycle * getattr(target, engines(target)[0]).clock_hz
+
+
+def supports(engine: str, node: Node, target=None) -> str | None:  # noqa: ANN001
+    """None if `engine` can run `node`, else why not (shown in the report). With `target`, also
+    the limits of that target's NPU (no int16 mode, no engine to decode its weights)."""
+    if node.op in FREE:
+        return None  # a view: no work, so no engine is wrong for it
     floating = node.dtype.is_float and node.op != "dequantize"
     if engine == "npu":
         if node.op not in GEMMS:
             return f"{node.op} is not a matrix product"
         if _depthwise(node):
             return "depthwise: one filter per channel starves the array"
+        if target is not None and target.npu is not None:
+            if target.npu.int16_rate == 0 and _wide(node):
+                return "int16 activations: the array has no int16 mode"
+            if (_decode_kind(node, target.npu) is not None and target.dsp is None
+                    and target.cpu is None):
+                return f"{_encoding(node.inputs[1])} weights need a DSP or CPU to decode them"
         return None
     if engine == "dsp":
         return "float op" if floating else None
@@ -62,6 +102,10 @@ def supports(engine: str, node: Node) -> str | None:
 
 def _depthwise(node: Node) -> bool:
     return node.op == "qconv" and node.attrs["groups"] > 1 and node.inputs[1].shape[1] == 1
+
+
+def _wide(node: Node) -> bool:
+    return any(i.dtype == DType.I16 for i in node.inputs) or node.dtype == DType.I16
 
 
 def _gemm_shape(node: Node) -> tuple[int, int, int, int]:
@@ -79,21 +123,157 @@ def _gemm_shape(node: Node) -> tuple[int, int, int, int]:
     return math.prod(node.shape[:-2]), a[-2] if len(a) > 1 else 1, a[-1], node.shape[-1]
 
 
-def _bytes(node: Node) -> tuple[int, int]:
-    """(weight bytes as stored, activation bytes read and written)."""
-    weights = sum(i.attrs["data"].nbytes if i.attrs.get("data") is not None else i.type.nbytes
-                  for i in node.inputs if i.is_const)
+# ------------------------------------------------------------------ weights
+
+
+def _weight(node: Node) -> Node | None:
+    """The constant weight operand of a GEMM (None for other ops and activation x activation)."""
+    if node.op not in GEMMS or len(node.inputs) < 2 or not node.inputs[1].is_const:
+        return None
+    return node.inputs[1]
+
+
+def _encoding(w: Node) -> str:
+    """The format name of a constant: "dense", "int4", "ternary", "palette4", ..."""
+    return w.attrs.get("encoding", "dense").split(":")[0]
+
+
+def _lut_format(encoding: str) -> bool:
+    return encoding == "ternary" or encoding.startswith("palette")
+
+
+def _stored(w: Node) -> int:
+    """Bytes of a constant as stored (packed codes and LUT for an encoded one)."""
+    return w.attrs["data"].nbytes if w.attrs.get("data") is not None else w.type.nbytes
+
+
+def _stored_bits(w: Node) -> int:
+    """Bits per element of a constant's stored codes (or values)."""
+    encoding = _encoding(w)
+    if encoding == "dense":
+        return w.dtype.numpy.itemsize * 8  # as numpy holds it (i4 takes a byte)
+    if encoding == "ternary":
+        return 2
+    return int(encoding.removeprefix("palette").removeprefix("int"))
+
+
+def _lut_bytes(w: Node) -> int:
+    """Bytes of an encoded constant's LUT (0 without one)."""
+    if not _lut_format(_encoding(w)) or w.attrs.get("data") is None:
+        return 0
+    from npuc.quant.constants import split_payload
+
+    lut = split_payload(w)[1]
+    return 0 if lut is None else lut.nbytes
+
+
+_DENSITY: weakref.WeakKeyDictionary[Node, float] = weakref.WeakKeyDictionary()
+
+
+def weight_density(w: Node) -> float:
+    """The fraction of nonzero values of the constant `w`, decoded (1.0 when its data was not
+    loaded). Computed once per node: graphs are immutable."""
+    if w not in _DENSITY:
+        try:
+            values = w.data
+        except ValueError:  # parsed from a summarised dump: no data, assume dense
+            return 1.0
+        _DENSITY[w] = np.count_nonzero(values) / values.size if values.size else 1.0
+    return _DENSITY[w]
+
+
+def _streamed(w: Node, npu) -> int:  # noqa: ANN001 - a npuc.targets.NPU
+    """Bytes of the weight `w` streamed from DRAM into the NPU: as stored, or with zero skipping
+    a bitmap plus the nonzero codes (plus any LUT) when that is smaller."""
+    stored = _stored(w)
+    if not npu.zero_skipping:
+        return stored
+    count = w.type.size
+    nonzero = round(weight_density(w) * count)
+    sparse = math.ceil(count / 8) + math.ceil(nonzero * _stored_bits(w) / 8) + _lut_bytes(w)
+    return min(stored, sparse)
+
+
+def _decode_kind(node: Node, npu) -> str | None:  # noqa: ANN001
+    """"lut" or "unpack" when the NPU needs `node`'s weights decoded first (else None)."""
+    w = _weight(node)
+    if w is None:
+        return None
+    encoding = _encoding(w)
+    if _lut_format(encoding):
+        return None if npu.palette_decode else "lut"
+    if encoding.startswith("int") and int(encoding[3:]) not in (8, npu.weight_bits):
+        return "unpack"
+    return None
+
+
+def _decoded_bits(node: Node, npu) -> int:  # noqa: ANN001
+    """Width of the weights the array reads after decoding: int8 from a LUT; unpacked integers
+    widen to the array's weight width when they fit it, else to int8."""
+    if _decode_kind(node, npu) == "unpack" and _weight_bits(node) <= npu.weight_bits:
+        return npu.weight_bits
+    return 8
+
+
+def _weight_bits(node: Node) -> int:
+    """Bits of a GEMM's weight values as the MAC sees them (LUT formats hold int8 values)."""
+    w = _weight(node)
+    if w is None:
+        return 8
+    encoding = _encoding(w)
+    return int(encoding[3:]) if encoding.startswith("int") else 8
+
+
+# ------------------------------------------------------------------ cost
+
+
+def _bytes(node: Node, engine: str, target) -> tuple[int, int]:  # noqa: ANN001
+    """(constant bytes read from DRAM, activation bytes read and written)."""
+    weights = 0
+    for k, i in enumerate(node.inputs):
+        if not i.is_const:
+            continue
+        if node.op == "gather" and k == 0:
+            weights += node.type.nbytes  # only the rows fetched
+        elif engine == "npu" and k == 1 and _weight(node) is i:
+            weights += _streamed(i, target.npu)
+        else:
+            weights += _stored(i)
     acts = sum(i.type.nbytes for i in node.inputs if not i.is_const) + node.type.nbytes
     return weights, acts
 
 
+@dataclass(frozen=True)
+class _Decode:
+    seconds: float
+    sram_bytes: int
+    ops: int
+
+
+def _decode(node: Node, target) -> _Decode:  # noqa: ANN001
+    """Decoding (or unpacking) a GEMM's weights for the NPU on the DSP, else the CPU: one
+    operation per weight element, and the decoded weights written to and read from SRAM."""
+    npu = target.npu
+    if _decode_kind(node, npu) is None:
+        return _Decode(0.0, 0, 0)
+    count = node.inputs[1].type.size
+    if target.dsp is not None:
+        seconds = math.ceil(count / target.dsp.lanes) / target.dsp.clock_hz
+    else:
+        seconds = math.ceil(count / target.cpu.ops_per_cycle) / target.cpu.clock_hz
+    moved = 2 * math.ceil(count * _decoded_bits(node, npu) / 8)
+    seconds += moved / sram_bytes_per_s(target)
+    return _Decode(seconds, moved, count)
+
+
 def op_cost(engine: str, node: Node, target) -> OpCost:  # noqa: ANN001
     """The cost of `node` on `engine` of `target` (which must support it)."""
-    work = macs(node)
-    wide = any(i.dtype == DType.I16 for i in node.inputs) or node.dtype == DType.I16
-    util = 1.0
     if node.op in FREE:
         return OpCost(engine, 0, 0, 0.0, 0, 0, 0.0, "memory", 0.0)
+    work = macs(node)
+    wide = _wide(node)
+    performed = work  # MACs (or ops) the engine actually does
+    decode = _Decode(0.0, 0, 0)
     if engine == "npu":
         npu = target.npu
         groups, m, k, n = _gemm_shape(node)
@@ -101,45 +281,52 @@ def op_cost(engine: str, node: Node, target) -> OpCost:  # noqa: ANN001
         rate = (8 / npu.weight_bits if _weight_bits(node) <= npu.weight_bits else 1.0)
         rate *= npu.int16_rate if wide else 1.0
         cycles = math.ceil(cycles / rate)
-        util = work / (npu.rows * npu.cols * rate * cycles) if cycles else 0.0  # of this mode
+        w = _weight(node)
+        if npu.zero_skipping and w is not None:
+            density = weight_density(w)
+            performed = round(work * density)
+            cycles = math.ceil(cycles * density)
+        util = performed / (npu.rows * npu.cols * rate * cycles) if cycles else 0.0
         clock = npu.clock_hz
+        decode = _decode(node, target)
     elif engine == "dsp":
         lanes = target.dsp.lanes // (2 if wide else 1)
-        ops = work if work else _elements(node) * DSP_WORK.get(node.op, 1)
+        ops = (work + _inline_decode(node)) if work else _elements(node) * DSP_WORK.get(node.op, 1)
         cycles = math.ceil(ops / lanes)
         util = ops / (lanes * cycles) if cycles else 0.0
         clock = target.dsp.clock_hz
     else:
-        cycles = math.ceil(max(work, _elements(node)) / target.cpu.ops_per_cycle)
+        ops = work if work else _elements(node) * DSP_WORK.get(node.op, 1)
+        cycles = math.ceil((ops + _inline_decode(node)) / target.cpu.ops_per_cycle)
+        util = 1.0
         clock = target.cpu.clock_hz
-    weights, acts = _bytes(node)
+    weights, acts = _bytes(node, engine, target)
     memory = target.memory
     sram = weights + acts
     spill = acts * math.ceil(sram / memory.sram_bytes) if sram > memory.sram_bytes else 0
     dram = weights + spill
     compute_s = cycles / clock
-    memory_s = max(dram / memory.dram_bytes_per_s,
-                   sram / (memory.sram_bytes_per_cycle * clock))
-    seconds = max(compute_s, memory_s) + (memory.dram_latency_s if dram else 0.0)
+    memory_s = max(dram / memory.dram_bytes_per_s, sram / sram_bytes_per_s(target))
+    seconds = (max(compute_s, memory_s) + (memory.dram_latency_s if dram else 0.0)
+               + decode.seconds)
     energy = target.energy
     mac_pj = (energy.mac_f32_pj if node.dtype.is_float and node.op != "dequantize"
               else energy.mac_i16_pj if wide else energy.mac_i8_pj)
-    joules = (work * mac_pj + sram * energy.sram_byte_pj + dram * energy.dram_byte_pj) * 1e-12
+    sram += decode.sram_bytes
+    # a decode operation (a lookup or a shift) is costed as one int8 MAC
+    joules = (performed * mac_pj + decode.ops * energy.mac_i8_pj + sram * energy.sram_byte_pj
+              + dram * energy.dram_byte_pj) * 1e-12
     return OpCost(engine, work, cycles, seconds, dram, sram, joules,
                   "compute" if compute_s >= memory_s else "memory", util)
+
+
+def _inline_decode(node: Node) -> int:
+    """Operations a DSP or CPU spends decoding a GEMM's encoded weights as it reads them."""
+    w = _weight(node)
+    return w.type.size if w is not None and _encoding(w) != "dense" else 0
 
 
 def _elements(node: Node) -> int:
     """Elements an op touches: the larger of its result and its largest activation operand
     (a reduction or pool reads more than it writes)."""
     return max([node.type.size] + [i.type.size for i in node.inputs if not i.is_const])
-
-
-def _weight_bits(node: Node) -> int:
-    w = node.inputs[1] if len(node.inputs) > 1 else None
-    if w is None or not w.is_const:
-        return 8
-    encoding = w.attrs.get("encoding", "dense").split(":")[0]
-    if encoding.startswith("int"):
-        return int(encoding[3:])
-    return 2 if encoding == "ternary" else 8

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 
@@ -119,7 +120,11 @@ def test_memory_plan_never_overlaps_live_tensors(name: str) -> None:
                 assert a.offset + a.size <= b.offset or b.offset + b.size <= a.offset
 
 
-@pytest.mark.parametrize("target", ["npu-int8", "npu-w4a8", "cpu-fp32"])
+NOT_ON_NPU = re.compile(r"\((npu: .+|npu (busy|slower|waits for operands): finishes [\d.]+ [un]s "
+                        r"earlier on (dsp|cpu))\)$")
+
+
+@pytest.mark.parametrize("target", npuc.targets.names())
 @pytest.mark.parametrize("name", [n for n in ZOO if n != "minilm"])
 def test_every_zoo_model_on_every_target(name: str, target: str) -> None:
     model, inputs = ZOO[name]()
@@ -129,10 +134,13 @@ def test_every_zoo_model_on_every_target(name: str, target: str) -> None:
     assert time.perf_counter() - start < 1.0
     assert report.total_cycles > 0 and report.latency_s > 0 and report.energy_j > 0
     t = npuc.targets.get(target)
+    order = [n for n in cm.ir.nodes if not n.is_const]
     for row in report.rows:
-        assert getattr(t, row.engine) is not None
+        assert supports(row.engine, order[int(row.name)], t) is None  # so the target has it
         assert row.bound in ("compute", "memory") and 0 <= row.utilization <= 1
-    if target.startswith("npu"):
+        if t.npu is not None and row.engine != "npu":
+            assert NOT_ON_NPU.search(row.note), row  # says why not on the NPU
+    if t.npu is not None:
         gemms = [r for r in report.rows if r.op in ("qconv", "qlinear", "qmatmul")]
         assert all(r.engine in ("npu", "dsp") for r in gemms)
     assert json.loads(report.to_json())["target"] == target
