@@ -54,4 +54,6 @@ def decode_weight(node: Node, out: str, ctx: Context) -> str:
     return render_kernel(decode_kernel(node, out, ctx))
 
 
-from . import elementwise  # noqa: E402,F401  (registers its kernels)
+from . import elementwise  # noqa: E402,F401,I001  (registers its kernels)
+from . import gemm  # noqa: E402,F401
+from . import pool, reduce  # noqa: E402,F401

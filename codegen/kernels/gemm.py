@@ -1,0 +1,467 @@
+"""GEMM kernels: qlinear, qmatmul, qconv (N-d, grouped, depthwise, pointwise) and qconv_transpose.
+
+Every op here is out[m, o] = requantize(sat32(sum_k (x - zp_x)[m, k] * w[o, k] + bias[o])), the
+integer semantics of `npuc.ops.quantized`, computed by one loop nest (`ops/gemm.c.j2`) per image
+and group:
+
+- rows: the activations centred (x - zp) into a tile of int16 rows in scratch (int32 when the
+  centred range does not fit 16 bits), each zero-padded to a multiple of 8 terms. A linear's or
+  matmul's rows are its input rows; a pointwise conv's are its input columns (a transpose); any
+  other conv's are im2col patches in (tap, channel) order, copied as contiguous runs from a
+  channel-last, zero-padded (for a conv_transpose also zero-stuffed: it is the stride-1 conv of
+  that input with flipped, in/out-swapped weights) copy of the image. Negative padding crops.
+- weights: [channels, k] rows in the same order, widened once per run to padded int16 rows in
+  scratch (dense conv weights are permuted in Python; decoded ones while widening; a matmul's
+  right operand is centred and transposed per batch), or, when fewer than `WIDEN_REUSE` rows
+  use them and no permutation is left, read as int8 rows (a vector loop over whole 16s, then a
+  scalar tail).
+- per tile, blocks of 4 output channels times `PIXELS` rows: dot products with literal bounds
+  (gcc -O2 vectorises them into pmaddwd), then the bias in int64, npuc_sat32 and
+  npuc_requantize with the per-channel multipliers and shifts (`arith.multipliers` of the
+  interpreter's own float64 reals) from const arrays.
+
+The sums are int32 when Python proves no partial sum can overflow (terms * max|x - zp| * max|w|
+< 2**31), else int32 chunks added into int64 (int64 throughout when a chunk would be shorter than
+`MIN_CHUNK`): 8-bit activations stay in int32 up to 66000 terms, int16 ones with int8 weights
+switch to 512-term chunks beyond 516. Depthwise convs (one input channel per group) use
+`ops/conv_dw.c.j2`: per channel its padded plane, then per output row each tap adds a weight
+times a strided row of the plane to an int32 (or int64) row accumulator, vectorised over the
+row, which is padded to a multiple of 8.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from npuc.errors import UnsupportedError
+from npuc.ir import Node, TensorType
+from npuc.ops.quantized import _gemm_scales, per_tensor
+from npuc.quant import arith
+
+from ..view import Context, Kernel, ctype
+from . import kernel
+
+INT32_MAX = (1 << 31) - 1
+TILE_BYTES = 1 << 19  # a row tile of centred activations: 512 KiB, inside L2
+WIDEN_REUSE = 4  # widen int8 weights to int16 once they serve at least this many rows
+LANES = 8  # int16 terms per vector: centred rows and widened weights are padded to a multiple
+VECTOR = 16  # int8 weights read directly: the vector loop covers whole 16s
+PIXELS = 2  # rows per register block (times 4 channels: 8 accumulators)
+MIN_CHUNK = 64  # int32 partial sums shorter than this: accumulate in int64 instead
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+def _up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def centred(t: TensorType) -> tuple[int, str]:
+    """(max |q - zp| over t's dtype, the C type holding q - zp)."""
+    lo, hi = arith.dtype_range(t.dtype)
+    zp = per_tensor(t)[1]
+    small = lo - zp >= -32768 and hi - zp <= 32767
+    return max(abs(lo - zp), abs(hi - zp)), "int16_t" if small else "int32_t"
+
+
+def _weight_bound(w: Node) -> int:
+    if w.is_const:
+        data = np.asarray(w.data, dtype=np.int64)
+        return int(np.abs(data).max()) if data.size else 0
+    lo, hi = arith.dtype_range(w.dtype)
+    return max(abs(lo), abs(hi))
+
+
+@dataclass(frozen=True)
+class Dot:
+    """How a reduction of `k` terms accumulates (see the module docstring)."""
+
+    mode: str  # "int32", "chunked" or "int64"
+    kv: int  # [0, kv) runs in the vector loop, [kv, k) in a scalar tail
+    k: int
+    chunk: int = 0  # chunked: int32 partial sums of this many terms...
+    full: int = 0  # ... over [0, full), then one partial chunk [full, kv)
+
+
+def plan_dot(k: int, kv: int, bound: int) -> Dot:
+    """The accumulation of `k` terms each at most `bound` in magnitude."""
+    if bound == 0 or k * bound <= INT32_MAX:
+        return Dot("int32", kv, k)
+    chunk = INT32_MAX // bound // VECTOR * VECTOR
+    if chunk < MIN_CHUNK:
+        return Dot("int64", k, k)
+    return Dot("chunked", kv, k, chunk, kv // chunk * chunk)
+
+
+def _limits(node: Node) -> tuple[str, str]:
+    lo, hi = arith.dtype_range(node.dtype)
+    lit = (lambda v: f"({v + 1}LL - 1)" if v <= -(1 << 31) else f"{v}LL")  # noqa: E731
+    return lit(lo), lit(hi)
+
+
+def _requant_arrays(ctx: Context, real: np.ndarray, channels: int) -> tuple[str, str]:
+    real = np.broadcast_to(np.asarray(real, dtype=np.float64), (channels,))
+    mult, shift = arith.multipliers(real)
+    return (ctx.array(mult.astype(np.int32), "int32_t", "multipliers"),
+            ctx.array(shift.astype(np.int32), "int32_t", "shifts"))
+
+
+def _requant(node: Node, ctx: Context, channels: int, bias: Node | None,
+             real: np.ndarray) -> dict[str, Any]:
+    mult, shift = _requant_arrays(ctx, real, channels)
+    lo, hi = _limits(node)
+    return {"mult": mult, "shift": shift, "zp": per_tensor(node.type)[1], "lo": lo, "hi": hi,
+            "bias": ctx.ptr(bias) if bias is not None else None,
+            "bias_t": ctype(bias.dtype) if bias is not None else None,
+            "out_t": ctype(node.dtype)}
+
+
+def _tile(rows: int, row_bytes: int) -> int:
+    return max(1, min(rows, TILE_BYTES // row_bytes))
+
+
+def _weights(ctx: Context, w: Node, rows: int, k: int, reuse: int, bound_x: int, col_t: str,
+             order: Order | None = None) -> dict[str, Any]:
+    """Weight rows for the GEMM: widened to int16 (or read as int8) and the dot plan.
+
+    `order` is how the GEMM's [rows, k] weights come from the stored tensor when they are a
+    permutation of it (a conv's (tap, channel) order, a conv_transpose's flipped taps): dense
+    weights are permuted here, decoded ones while widening."""
+    kp = _up(k, LANES)
+    bound = bound_x * _weight_bound(w)
+    dense = w.is_const and w.attrs.get("encoding", "dense") == "dense"
+    if order is not None and dense:
+        wptr = ctx.array(np.ascontiguousarray(order.permute(np.asarray(w.data))),
+                         ctype(w.dtype), f"{w.loc or 'weight'} in GEMM order")
+        order = None
+    else:
+        wptr = ctx.weight(w)
+    if order is None and reuse < WIDEN_REUSE and col_t == "int16_t" and w.dtype.bits <= 8:
+        return {"widen": None, "w_t": ctype(w.dtype), "w": wptr, "wrow": k, "kp": kp,
+                "dot": plan_dot(k, k // VECTOR * VECTOR, bound)}
+    wb = ctx.scratch(2 * rows * kp, "int16_t")
+    return {"widen": {"rows": rows, "k": k, "w": wptr, "w_t": ctype(w.dtype),
+                      "src": order.src if order else None,
+                      "split": (order.cg, order.taps) if order else None},
+            "w_t": "int16_t", "w": wb, "wrow": kp, "kp": kp, "dot": plan_dot(kp, kp, bound)}
+
+
+# -- qlinear / qmatmul ----------------------------------------------------------------------------
+
+@kernel("qlinear")
+def _qlinear(node: Node, ctx: Context) -> Kernel:
+    x, w = node.inputs[:2]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    k = x.shape[-1]
+    n_out = w.shape[0]
+    rows = math.prod(x.shape[:-1])
+    bound_x, col_t = centred(x.type)
+    weights = _weights(ctx, w, n_out, k, rows, bound_x, col_t)
+    kp = weights["kp"]
+    tile = _tile(rows, kp * (2 if col_t == "int16_t" else 4))
+    params = {
+        "x": ctx.ptr(x), "x_t": ctype(x.dtype), "y": ctx.ptr(node), "col_t": col_t,
+        "col": ctx.scratch(tile * kp * (2 if col_t == "int16_t" else 4), col_t),
+        "images": 1, "groups": 1, "m": rows, "mt": tile, "og": n_out,
+        "fill": {"kind": "rows", "k": k, "zp": per_tensor(x.type)[1], "row": k, "at": "0"},
+        "out": {"image": 0, "o": 1, "m": n_out},
+        "xp": None, "per_image": None,
+        **weights, **_requant(node, ctx, n_out, bias, _gemm_scales(node)),
+        "pr": PIXELS,
+    }
+    return Kernel("gemm", params)
+
+
+@kernel("qmatmul")
+def _qmatmul(node: Node, ctx: Context) -> Kernel:
+    a, b = node.inputs
+    k = a.shape[-1]
+    a_shape = a.shape if len(a.shape) >= 2 else (1,) + a.shape
+    b_shape = b.shape if len(b.shape) >= 2 else b.shape + (1,)
+    m, n_out = a_shape[-2], b_shape[-1]
+    batch = np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
+    images = math.prod(batch)
+    a_at = _batch_offsets(a_shape, batch)
+    b_at = _batch_offsets(b_shape, batch)
+    bound_a, a_t = centred(a.type)
+    bound_b, b_t = centred(b.type)
+    col_t = "int32_t" if "int32_t" in (a_t, b_t) else "int16_t"
+    size = 2 if col_t == "int16_t" else 4
+    kp = _up(k, LANES)
+    tile = _tile(m, kp * size)
+    s_a, s_b = per_tensor(a.type)[0], per_tensor(b.type)[0]
+    real = np.float64(s_a * s_b / per_tensor(node.type)[0])
+    bt = ctx.scratch(size * n_out * kp, col_t)
+    params = {
+        "x": ctx.ptr(a), "x_t": ctype(a.dtype), "y": ctx.ptr(node), "col_t": col_t,
+        "col": ctx.scratch(tile * kp * size, col_t),
+        "images": images, "groups": 1, "m": m, "mt": tile, "og": n_out,
+        "fill": {"kind": "rows", "k": k, "zp": per_tensor(a.type)[1], "row": k,
+                 "at": _offset_expr(ctx, a_at)},
+        "out": {"image": m * n_out, "o": 1, "m": n_out},
+        "xp": None,
+        "per_image": {"b": ctx.ptr(b), "b_t": ctype(b.dtype), "zp": per_tensor(b.type)[1],
+                      "at": _offset_expr(ctx, b_at), "k": k, "n": n_out},
+        "widen": None, "w_t": col_t, "w": bt, "wrow": kp, "kp": kp,
+        "pr": PIXELS,
+        "dot": plan_dot(kp, kp, bound_a * bound_b),
+        **_requant(node, ctx, n_out, None, real),
+    }
+    return Kernel("gemm", params)
+
+
+def _batch_offsets(shape: tuple[int, ...], batch: tuple[int, ...]) -> np.ndarray:
+    """Element offset of each (C-ordered) batch index's matrix in an operand of `shape`."""
+    own = shape[:-2]
+    matrix = shape[-2] * shape[-1]
+    strides = np.zeros(len(batch), dtype=np.int64)
+    step = matrix
+    for i in range(1, len(own) + 1):
+        if own[-i] != 1:
+            strides[-i] = step
+        step *= own[-i]
+    index = np.indices(batch).reshape(len(batch), -1) if batch else np.zeros((0, 1), np.int64)
+    return (strides[:, None] * index).sum(axis=0).astype(np.int64)
+
+
+def _offset_expr(ctx: Context, offsets: np.ndarray) -> str:
+    """C for offsets[n]: 0, an affine n * step, or a lookup in a const array."""
+    if not offsets.any():
+        return "0"
+    step = int(offsets[1] - offsets[0]) if offsets.size > 1 else 0
+    if np.array_equal(offsets, np.arange(offsets.size) * step):
+        return f"n * {step}"
+    return f"{ctx.array(offsets.astype(np.int32), 'int32_t', 'batch offsets')}[n]"
+
+
+# -- qconv / qconv_transpose ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Geometry:
+    """A conv (or conv_transpose, as the conv of its zero-stuffed input) over `nsp` axes."""
+
+    batch: int
+    channels: int  # input channels
+    x: tuple[int, ...]  # input spatial sizes
+    q: tuple[int, ...]  # output spatial sizes
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]  # of the conv reading the virtual input
+    dilation: tuple[int, ...]
+    step: tuple[int, ...]  # input element i sits at lo + i * step of the virtual input
+    lo: tuple[int, ...]  # padding before (negative: cropped)
+    hi: tuple[int, ...]
+    groups: int
+    cg: int  # input channels per group
+    og: int  # output channels per group
+
+    @property
+    def virtual(self) -> tuple[int, ...]:
+        return tuple((n - 1) * s + 1 + lo + hi for n, s, lo, hi in zip(
+            self.x, self.step, self.lo, self.hi, strict=True))
+
+    @property
+    def taps(self) -> int:
+        return math.prod(self.kernel)
+
+
+def _geometry(node: Node, transpose: bool) -> Geometry:
+    x, w = node.inputs[:2]
+    a = node.attrs
+    nsp = len(w.shape) - 2
+    groups = a["groups"]
+    kernel_ = tuple(w.shape[2:])
+    dil = tuple(a["dilation"])
+    pad = tuple(a["padding"])
+    if transpose:
+        edge = [d * (k - 1) for d, k in zip(dil, kernel_, strict=True)]
+        lo = tuple(edge[i] - pad[2 * i] for i in range(nsp))
+        hi = tuple(edge[i] - pad[2 * i + 1] + a["output_padding"][i] for i in range(nsp))
+        return Geometry(x.shape[0], x.shape[1], x.shape[2:], node.shape[2:], kernel_,
+                        (1,) * nsp, dil, tuple(a["stride"]), lo, hi, groups,
+                        x.shape[1] // groups, w.shape[1])
+    return Geometry(x.shape[0], x.shape[1], x.shape[2:], node.shape[2:], kernel_,
+                    tuple(a["stride"]), dil, (1,) * nsp, pad[0::2], pad[1::2], groups,
+                    w.shape[1], w.shape[0] // groups)
+
+
+def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    out, step = [], 1
+    for d in reversed(shape):
+        out.append(step)
+        step *= d
+    return tuple(reversed(out))
+
+
+def _sum(*terms: str | int) -> str:
+    """A C sum of the terms, zeros dropped."""
+    kept = [str(t) for t in terms if str(t) != "0"]
+    return " + ".join(kept) or "0"
+
+
+def _times(var: str, factor: int) -> str:
+    return "0" if factor == 0 or var == "0" else var if factor == 1 else f"{var} * {factor}"
+
+
+def _padded(geo: Geometry, ctx: Context, x: Node, col_t: str, sizes: tuple[int, ...],
+            channels: int, channel: str, last: bool) -> dict[str, Any]:
+    """A zeroed buffer of `channels` channels over `sizes` holding the image's centred values at
+    their virtual positions, channel-last when `last` (else planar); `channel` is the C
+    expression of the first channel copied."""
+    zs = _strides(sizes)
+    loops = []
+    for i, (n, s, lo) in enumerate(zip(geo.x, geo.step, geo.lo, strict=True)):
+        first = max(0, -(lo // s))
+        end = min(n, (geo.virtual[i] - 1 - lo) // s + 1)
+        loops.append((f"i{i}", first, end))
+    plane = math.prod(sizes)
+    at = [f"({_sum(lo, _times(f'i{i}', s))}) * {st * (channels if last else 1)}"
+          for i, (lo, s, st) in enumerate(zip(geo.lo, geo.step, zs, strict=True))]
+    dst = _sum(*at, "c" if last else _times("c", plane))
+    src = _sum(_times("n", geo.channels * math.prod(geo.x)),
+               _times(f"({_sum(channel, 'c')})", math.prod(geo.x)),
+               *[_times(f"i{i}", st) for i, st in enumerate(_strides(geo.x))])
+    size = channels * plane * (2 if col_t == "int16_t" else 4)
+    return {"ptr": ctx.scratch(size, col_t), "bytes": size, "channels": channels,
+            "loops": loops, "empty": any(a >= b for _, a, b in loops), "dst": dst, "src": src,
+            "zp": per_tensor(x.type)[1], "plane": plane}
+
+
+@dataclass(frozen=True)
+class Order:
+    """GEMM weight row o, column t * cg + c = stored weight `src` (C, of o, c, t)."""
+
+    src: str
+    cg: int
+    taps: int
+    transpose: bool
+    groups: int
+
+    def permute(self, w: np.ndarray) -> np.ndarray:
+        """The same permutation in numpy: [rows, taps * cg] from the stored tensor."""
+        if not self.transpose:  # (O, cg, *k) -> (O, taps, cg)
+            return np.swapaxes(w.reshape(w.shape[0], self.cg, self.taps), 1, 2).reshape(
+                w.shape[0], -1)
+        og = w.shape[1]  # (C, og, *k): row g*og + o, column t*cg + c = w[g*cg + c, o, T-1-t]
+        v = w.reshape(self.groups, self.cg, og, self.taps)[..., ::-1]
+        return v.transpose(0, 2, 3, 1).reshape(self.groups * og, self.taps * self.cg)
+
+
+def _order(geo: Geometry, transpose: bool) -> Order:
+    t, og, cg = geo.taps, geo.og, geo.cg
+    if not transpose:
+        src = _sum(f"o * {cg * t}", _times("c", t), "t")
+    else:
+        src = f"((o / {og}) * {cg} + c) * {og * t} + (o % {og}) * {t} + {t - 1} - t"
+    return Order(src, cg, t, transpose, geo.groups)
+
+
+def _conv(node: Node, ctx: Context, transpose: bool) -> Kernel:
+    x, w = node.inputs[:2]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    if len(x.shape) != len(w.shape) or len(x.shape) < 3:
+        raise UnsupportedError(f"{node.op} of a rank-{len(x.shape)} input", op=node.op,
+                               loc=node.loc, stage="emit-c")
+    geo = _geometry(node, transpose)
+    out_channels = node.shape[1]
+    requant = _requant(node, ctx, out_channels, bias, _gemm_scales(node))
+    if geo.cg == 1:
+        return _depthwise(node, ctx, geo, transpose, requant)
+    bound_x, col_t = centred(x.type)
+    nsp = len(geo.x)
+    k = geo.cg * geo.taps
+    pixels = math.prod(geo.q)
+    size = 2 if col_t == "int16_t" else 4
+    pointwise = (not transpose and geo.taps == 1 and all(s == 1 for s in geo.stride)
+                 and geo.q == geo.x and not any(geo.lo + geo.hi))
+    weights = _weights(ctx, w, out_channels, k, pixels * geo.batch, bound_x, col_t,
+                       None if pointwise else _order(geo, transpose))
+    kp = weights["kp"]
+    tile = _tile(pixels, kp * size)
+    fill: dict[str, Any]
+    xp = None
+    if pointwise:  # the patches are the input's columns
+        fill = {"kind": "pointwise", "k": k, "zp": per_tensor(x.type)[1], "cg": geo.cg,
+                "plane": pixels, "image": geo.channels * pixels}
+    else:  # im2col from a channel-last, zero-padded (and zero-stuffed) copy of the image
+        xp = _padded(geo, ctx, x, col_t, geo.virtual, geo.channels, "0", last=True)
+        zs = [st * geo.channels for st in _strides(geo.virtual)]
+        q_exprs, div = [], 1
+        for i in reversed(range(nsp)):
+            expr = f"m / {div}" if div > 1 else "m"
+            q_exprs.append((f"q{i}", f"{expr} % {geo.q[i]}" if i else expr))
+            div *= geo.q[i]
+        base = _sum(*[_times(f"q{i}", geo.stride[i] * zs[i]) for i in range(nsp)],
+                    _times("g", geo.cg))
+        # copy runs of channels; the last kernel axis joins the run when it is contiguous
+        merged = geo.dilation[-1] == 1 and geo.cg == geo.channels
+        axes = nsp - 1 if merged else nsp
+        run = geo.cg * (geo.kernel[-1] if merged else 1)
+        flat = "0"
+        for i in range(axes):
+            flat = f"({flat}) * {geo.kernel[i]} + t{i}" if i else f"t{i}"
+        fill = {"kind": "conv", "k": k, "q": q_exprs, "base": base, "run": run,
+                "taps": [(f"t{i}", geo.kernel[i]) for i in range(axes)],
+                "read": _sum(*[_times(f"t{i}", geo.dilation[i] * zs[i]) for i in range(axes)]),
+                "write": _times(f"({flat})" if axes > 1 else flat, run)}
+    params = {
+        "x": ctx.ptr(x), "x_t": ctype(x.dtype), "y": ctx.ptr(node), "col_t": col_t,
+        "col": ctx.scratch(tile * kp * size, col_t),
+        "images": geo.batch, "groups": geo.groups, "m": pixels, "mt": tile, "og": geo.og,
+        "fill": fill, "out": {"image": out_channels * pixels, "o": pixels, "m": 1},
+        "xp": xp, "per_image": None,
+        **weights, **requant,
+        "pr": PIXELS,
+    }
+    return Kernel("gemm", params)
+
+
+def _depthwise(node: Node, ctx: Context, geo: Geometry, transpose: bool,
+               requant: dict[str, Any]) -> Kernel:
+    """One input channel per group: per output row (all axes but the last), each tap adds a
+    weight times a row of the padded channel plane to an int32 row accumulator."""
+    x, w = node.inputs[:2]
+    bound_x, col_t = centred(x.type)
+    nsp = len(geo.x)
+    row = _up(geo.q[-1], LANES)
+    sizes = list(geo.virtual)
+    sizes[-1] = max(sizes[-1], (row - 1) * geo.stride[-1] + (geo.kernel[-1] - 1) *
+                    geo.dilation[-1] + 1)
+    xp = _padded(geo, ctx, x, col_t, tuple(sizes), 1, "g", last=False)
+    zs = _strides(tuple(sizes))
+    bound = bound_x * _weight_bound(w) * geo.taps
+    acc_t = "int32_t" if bound <= INT32_MAX else "int64_t"
+    t = geo.taps
+    widx = f"o * {t} + {t - 1} - tap" if transpose else f"o * {t} + tap"  # transposed: flipped
+    tap = "0"
+    for i in range(nsp):
+        tap = f"({tap}) * {geo.kernel[i]} + t{i}" if i else f"t{i}"
+    start = _sum(*[_times(f"q{i}", geo.stride[i] * zs[i]) for i in range(nsp - 1)],
+                 *[_times(f"t{i}", geo.dilation[i] * zs[i]) for i in range(nsp)])
+    pixels = math.prod(geo.q)
+    out_at = _sum(_times("n", node.shape[1] * pixels), _times("o", pixels),
+                  *[_times(f"q{i}", s) for i, s in enumerate(_strides(geo.q)[:-1])])
+    params = {
+        "x": ctx.ptr(x), "y": ctx.ptr(node), "w": ctx.weight(w), "w_t": ctype(w.dtype),
+        "x_t": ctype(x.dtype),
+        "col_t": col_t, "acc_t": acc_t, "xp": xp, "images": geo.batch, "groups": geo.groups,
+        "og": geo.og, "outer": [(f"q{i}", geo.q[i]) for i in range(nsp - 1)],
+        "taps": [(f"t{i}", geo.kernel[i]) for i in range(nsp)], "tap": tap, "widx": widx,
+        "start": start, "row": row, "width": geo.q[-1], "step": geo.stride[-1],
+        "acc": ctx.scratch(row * 8, acc_t), "out_at": out_at,
+        **requant,
+    }
+    return Kernel("conv_dw", params)
+
+
+@kernel("qconv")
+def _qconv(node: Node, ctx: Context) -> Kernel:
+    return _conv(node, ctx, transpose=False)
+
+
+@kernel("qconv_transpose")
+def _qconv_transpose(node: Node, ctx: Context) -> Kernel:
+    return _conv(node, ctx, transpose=True)

@@ -1,0 +1,147 @@
+"""Windowed and indexed ops: pooling, resizing and gather.
+
+Pools (`ops/pool.c.j2`) walk each output cell's window per spatial axis from a constant table of
+(first input index, valid taps, divisor) rows computed here from the op's attributes, so padding,
+dilation and ceil_mode cost no branches in C: padded cells are simply not visited (max_pool's
+padding reads as the dtype's minimum, the accumulator's initial value; avg pools' reads 0) and the
+divisor already counts whatever `nn.pool_sum_and_count` counts. Resize (`ops/resize.c.j2`) reads
+per axis a table of source indices and Q16 weights (`quantized._resize_weights`, zero weights
+dropped): nearest is a copy, bilinear one exact int64 weighted sum rounded once. Gather
+(`ops/gather.c.j2`) copies rows picked by an index tensor, negative indices counting from the end.
+Operands are local pointers read through volatile copies, as in `reduce` (see `declare` in
+`ops/reduce_macros.j2`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from npuc.errors import UnsupportedError
+from npuc.ir import DType, Node
+from npuc.ops import quantized as q
+from npuc.ops.quantized import per_tensor
+from npuc.quant import arith
+
+from ..view import Context, Kernel, ctype
+from . import kernel
+from .elementwise import contiguous
+from .reduce import Base, limits, lit, operand, output, sum_type
+
+
+def _table(ctx: Context, name: str, rows: list) -> Base:
+    """A constant int32 table of `rows`, as the local pointer `name`."""
+    return ("const int32_t", name, ctx.array(np.array(rows, dtype=np.int32).ravel(), "int32_t"))
+
+
+def _pool_rows(size: int, out: int, k: int, stride: int, lo: int, hi: int, dilation: int,
+               include_pad: bool) -> list[tuple[int, int, int]]:
+    """Per output cell along one axis: (first input index, valid taps, divisor)."""
+    rows = []
+    for o in range(out):
+        taps = [o * stride - lo + j * dilation for j in range(k)]
+        valid = [t for t in taps if 0 <= t < size]
+        count = sum(t < size + hi for t in taps) if include_pad else len(valid)
+        # a window of padding only sums to 0: any divisor gives the interpreter's 0 // 0 == 0
+        rows.append((valid[0] if valid else 0, len(valid), max(count, 1)))
+    return rows
+
+
+def _pool(node: Node, ctx: Context, rows: list[list[tuple[int, int, int]]],
+          steps: list[int], average: bool) -> Kernel:
+    x = node.inputs[0]
+    in_sp, out_sp = x.shape[2:], node.shape[2:]
+    in_strides, out_strides = contiguous(in_sp), contiguous(out_sp)
+    axes = [{"out": o} for o in out_sp]
+    tables = [_table(ctx, f"window{i}", r) for i, r in enumerate(rows)]
+    at = " + ".join(f"(w{i}[0] + k{i} * {step}) * {s}" if step != 1 else f"(w{i}[0] + k{i}) * {s}"
+                    for i, (step, s) in enumerate(zip(steps, in_strides, strict=True)))
+    params = {"bases": [operand("x", x, ctx), output(node, ctx), *tables],
+              "nc": x.shape[0] * x.shape[1], "x_type": ctype(x.dtype),
+              "y_type": ctype(node.dtype), "in_block": math.prod(in_sp),
+              "out_block": math.prod(out_sp), "axes": axes, "v_at": at,
+              "y_at": " + ".join(f"p{i} * {t}" for i, t in enumerate(out_strides))}
+    if not average:
+        least = 0 if x.dtype == DType.BOOL else int(np.iinfo(x.dtype.numpy).min)
+        params.update(acc_type=ctype(x.dtype), init=lit(least), accumulate="if (v > acc) acc = v",
+                      result="acc")
+        return Kernel("pool", params)
+    window = math.prod(max(r[1] for r in axis) for axis in rows)
+    zp_in, zp_out = per_tensor(x.type)[1], per_tensor(node.type)[1]
+    taps = " * ".join(f"(int64_t)w{i}[1]" for i in range(len(rows)))
+    count = " * ".join(f"(int64_t)w{i}[2]" for i in range(len(rows)))
+    total = f"((int64_t)acc - {taps} * {zp_in})" if zp_in else "(int64_t)acc"
+    lo, hi = limits(node.dtype)
+    params.update(acc_type=sum_type(window, x.dtype), init="0", accumulate="acc += v",
+                  result=f"npuc_clamp(npuc_div_round({total}, {count}) + {zp_out}, {lo}, {hi})")
+    return Kernel("pool", params)
+
+
+@kernel("max_pool", "qavg_pool")
+def _window_pool(node: Node, ctx: Context) -> Kernel:
+    a = node.attrs
+    size, out = node.inputs[0].shape[2:], node.shape[2:]
+    include = node.op == "qavg_pool" and a["count_include_pad"]
+    rows = [_pool_rows(size[i], out[i], a["kernel"][i], a["stride"][i], a["padding"][2 * i],
+                       a["padding"][2 * i + 1], a["dilation"][i], include)
+            for i in range(len(out))]
+    return _pool(node, ctx, rows, list(a["dilation"]), node.op == "qavg_pool")
+
+
+@kernel("qadaptive_avg_pool")
+def _adaptive_pool(node: Node, ctx: Context) -> Kernel:
+    rows = []
+    for size, out in zip(node.inputs[0].shape[2:], node.shape[2:], strict=True):
+        bounds = [((o * size) // out, -(-((o + 1) * size) // out)) for o in range(out)]
+        rows.append([(a, b - a, b - a) for a, b in bounds])
+    return _pool(node, ctx, rows, [1] * len(rows), True)
+
+
+@kernel("qresize")
+def _qresize(node: Node, ctx: Context) -> Kernel:
+    x = node.inputs[0]
+    in_sp, out_sp = x.shape[2:], node.shape[2:]
+    weights = [q._resize_weights(node.attrs, i, size) for i, size in enumerate(in_sp)]
+    taps = []
+    for w in weights:  # the nonzero weights of each row, padded with zero weights
+        rows = [[(int(j), int(w[o, j])) for j in np.flatnonzero(w[o])] for o in range(len(w))]
+        width = max(len(r) for r in rows)
+        taps.append([r + [r[0][:1] + (0,)] * (width - len(r)) for r in rows])
+    nearest = all(len(r) == 1 and r[0][1] == 1 << q.RESIZE_BITS for t in taps for r in t)
+    (_, zp_in), zp_out = per_tensor(x.type), per_tensor(node.type)[1]
+    lo, hi = arith.dtype_range(x.dtype)
+    shift = q.RESIZE_BITS * len(out_sp)
+    bound = (max(hi - zp_in, zp_in - lo) << shift) * math.prod(len(t[0]) for t in taps)
+    if not nearest and bound >= 1 << 62:
+        raise UnsupportedError(f"{len(out_sp)}-d interpolation of {x.dtype} overflows int64",
+                               op=node.op, loc=node.loc, stage="emit-c",
+                               hint="resize at most two axes at a time")
+    in_strides, out_strides = contiguous(in_sp), contiguous(out_sp)
+    axes = [{"out": o, "taps": len(t[0])} for o, t in zip(out_sp, taps, strict=True)]
+    tables = [_table(ctx, f"index{i}", [[j for j, _ in r] for r in t]) for i, t in enumerate(taps)]
+    if not nearest:
+        tables += [_table(ctx, f"weight{i}", [[w for _, w in r] for r in t])
+                   for i, t in enumerate(taps)]
+    out_lo, out_hi = limits(node.dtype)
+    return Kernel("resize", {
+        "bases": [operand("x", x, ctx), output(node, ctx), *tables],
+        "nc": x.shape[0] * x.shape[1], "x_type": ctype(x.dtype),
+        "y_type": ctype(node.dtype), "in_block": math.prod(in_sp),
+        "out_block": math.prod(out_sp), "axes": axes, "nearest": nearest,
+        "v_at": " + ".join(f"i{i}[{'0' if nearest else f'a{i}'}] * {s}"
+                           for i, s in enumerate(in_strides)),
+        "weight": " * ".join(f"(int64_t)w{i}[a{i}]" for i in range(len(out_sp))),
+        "y_at": " + ".join(f"p{i} * {t}" for i, t in enumerate(out_strides)),
+        "zp_in": zp_in, "zp_out": zp_out, "den": lit(1 << shift), "lo": out_lo, "hi": out_hi})
+
+
+@kernel("gather")
+def _gather(node: Node, ctx: Context) -> Kernel:
+    x, idx = node.inputs
+    axis = node.attrs["axis"] % len(x.shape)
+    return Kernel("gather", {
+        "bases": [operand("x", x, ctx), operand("idx", idx, ctx), output(node, ctx)],
+        "x_type": ctype(x.dtype), "y_type": ctype(node.dtype),
+        "outer": math.prod(x.shape[:axis]), "count": idx.type.size,
+        "n": x.shape[axis], "inner": math.prod(x.shape[axis + 1:])})

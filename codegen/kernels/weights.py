@@ -1,0 +1,62 @@
+"""C decoders of compressed weight constants (`npuc.quant.constants`): the stored bytes in, the
+logical int8 values out, bit for bit as `npuc.quant.weights.decode`.
+
+`decode_kernel(node, out, ctx)` is what `Context.weight` renders into a layer's prelude. The
+payload (LUT rows first for ternary and palette weights, then the packed codes) becomes one
+uint8 array plus a zero byte, so a decoder may read one byte past the last code. Decoding runs
+in two passes over `out`:
+
+1. unpack: b-bit fields from the LSB-first bit stream, eight at a time (8 fields of b bits are
+   exactly b bytes) with a per-field tail; "int<b>" sign-extends two's complement fields
+   ((code ^ 2^(b-1)) - 2^(b-1)), LUT formats keep the unsigned code;
+2. lookup (ternary and palette only): out[i] = lut[row of i's channel][code], channels taken
+   along the weight's quantization axis and split into the LUT's rows as contiguous groups.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from npuc.errors import UnsupportedError
+from npuc.ir import Node
+from npuc.quant.constants import lut_width, split_payload
+
+from ..view import Context, Kernel
+
+
+def decode_kernel(node: Node, out: str, ctx: Context) -> Kernel:
+    """The `decode` template writing the int8 values of encoded const `node` to `out`."""
+    encoding = node.attrs.get("encoding", "dense")
+    name, lut, codes = split_payload(node)
+    if name.startswith("int") and name[3:].isdigit() and 2 <= int(name[3:]) <= 7:
+        bits, signed = int(name[3:]), True
+    elif name == "ternary":
+        bits, signed = 2, False
+    elif name.startswith("palette") and name[7:].isdigit() and 1 <= int(name[7:]) <= 8:
+        bits, signed = int(name[7:]), False
+    else:
+        raise UnsupportedError(f"no C decoder for {encoding} weights", op=node.op, loc=node.loc,
+                               stage="emit-c")
+    count = math.prod(node.shape)
+    payload = np.asarray(node.attrs["data"], dtype=np.uint8).ravel()
+    stored = ctx.array(np.concatenate([payload, np.zeros(1, np.uint8)]), "uint8_t",
+                       f"{node.loc or 'weight'}: {encoding} ({count} values)")
+    params = {
+        "out": out, "payload": stored, "codes_at": payload.size - codes.size, "bits": bits,
+        "mask": (1 << bits) - 1, "half": 1 << (bits - 1), "signed": signed,
+        "groups": count // 8, "count": count, "lut": None,
+    }
+    if lut is not None:
+        quant = node.type.quant
+        axis = quant.axis if quant is not None and quant.axis is not None else 0
+        channels = node.shape[axis]
+        rows = lut.shape[0]
+        if lut.shape[1] != lut_width(name) or channels % rows:
+            raise UnsupportedError(f"{encoding} weight of shape {node.shape}: bad LUT "
+                                   f"{lut.shape}", op=node.op, loc=node.loc, stage="emit-c")
+        params["lut"] = {"outer": math.prod(node.shape[:axis]), "channels": channels,
+                         "inner": math.prod(node.shape[axis + 1:]),
+                         "per": channels // rows, "width": lut.shape[1]}
+    return Kernel("decode", params)
