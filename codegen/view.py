@@ -23,6 +23,10 @@ CTYPES = {DType.I8: "int8_t", DType.U8: "uint8_t", DType.I16: "int16_t", DType.I
           DType.I4: "int8_t", DType.U4: "uint8_t"}
 
 
+_NUMPY = {"int8_t": np.int8, "uint8_t": np.uint8, "int16_t": np.int16, "int32_t": np.int32,
+          "int64_t": np.int64, "float": np.float32}
+
+
 def ctype(dtype: DType) -> str:
     """The C element type of an IR dtype (bool is one byte, 0 or 1)."""
     if dtype not in CTYPES:
@@ -32,13 +36,23 @@ def ctype(dtype: DType) -> str:
 
 @dataclass(frozen=True)
 class Array:
-    """A constant C array: `init` is its pre-formatted initializer."""
+    """A constant C array, stored as a union of its little-endian bytes (`init`, a string
+    literal: GCC reads strings ~20x faster than lists of numbers) and its typed elements."""
 
     name: str
     ctype: str
-    size: int  # declared length (a string initializer gets room for its NUL)
+    count: int  # elements (at least 1: C has no empty arrays)
     init: str
     comment: str
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * np.dtype(_NUMPY[self.ctype]).itemsize
+
+    @property
+    def ref(self) -> str:
+        """The C expression of its elements (what kernels index)."""
+        return f"{self.name}.v"
 
 
 @dataclass(frozen=True)
@@ -77,7 +91,7 @@ class View:
 
     @property
     def weight_bytes(self) -> int:
-        return sum(a.size for a in self.arrays)
+        return sum(a.nbytes for a in self.arrays)
 
 
 @dataclass(frozen=True)
@@ -121,9 +135,11 @@ class Context:
         c_type = c_type or ctype(DType.of(values))
         key = (c_type, values.tobytes().hex() if values.nbytes <= 64 else _digest(values))
         if key not in self.arrays:
-            name = f"npuc_c{len(self.arrays)}"
-            self.arrays[key] = Array(name, c_type, *_initializer(values, c_type), comment)
-        return self.arrays[key].name
+            element = _NUMPY[c_type]
+            flat = values.ravel().astype(element) if values.size else np.zeros(1, element)
+            self.arrays[key] = Array(f"npuc_c{len(self.arrays)}", c_type, flat.size,
+                                     _literal(flat), comment)
+        return self.arrays[key].ref
 
     def scratch(self, nbytes: int, c_type: str) -> str:
         """A pointer to `nbytes` of scratch memory for the current layer only."""
@@ -150,30 +166,39 @@ def _digest(values: np.ndarray) -> str:
     return hashlib.sha1(values.tobytes()).hexdigest()
 
 
-def _initializer(values: np.ndarray, c_type: str) -> tuple[int, str]:
-    """(declared size, initializer): bytes as a string literal (compiles ~20x faster than a
-    list; one extra element holds its NUL), wider types as a list."""
-    flat = values.ravel()
-    if flat.size == 0:
-        return 1, "{0}"
-    if values.itemsize == 1 and c_type in ("int8_t", "uint8_t"):
-        raw = "".join(f"\\x{b:02x}" for b in flat.view(np.uint8).tobytes())
-        lines = [f'"{raw[i:i + 128]}"' for i in range(0, len(raw), 128)]
-        return flat.size + 1, "\n    ".join(lines)
-    if c_type == "float":
-        items = [f"{float(v).hex()}f" for v in flat.astype(np.float32)]
-    else:
-        items = [_int_literal(int(v)) for v in flat]
-    rows = [", ".join(items[i:i + 16]) for i in range(0, len(items), 16)]
-    return flat.size, "{\n    " + ",\n    ".join(rows) + "\n}"
+_ESCAPES = np.frombuffer("".join(f"\\x{b:02x}" for b in range(256)).encode(), np.uint8).reshape(
+    256, 4)  # byte -> its four characters \xHH
+_ROW = 32  # bytes per line of a literal
 
 
-def _int_literal(v: int) -> str:
-    """An integer literal that is valid C for every int32/int64 value (C has no negative
-    literals: -2147483648 is the negation of a long)."""
-    if v < -(1 << 31) or v >= 1 << 31:
-        return f"({v + 1}LL - 1)" if v < 0 else f"{v}LL"
-    return f"({v + 1} - 1)" if v == -(1 << 31) else str(v)
+def _literal(flat: np.ndarray) -> str:
+    """The little-endian bytes of `flat` as C string literal lines, 32 bytes a line (no NUL: the
+    byte array is exactly as long as the literal). Vectorised: weights run to tens of MB."""
+    data = np.frombuffer(flat.astype(flat.dtype.newbyteorder("<")).tobytes(), np.uint8)
+    rows = -(-data.size // _ROW)
+    chars = np.full((rows, _ROW, 4), ord(" "), np.uint8)  # the last row's tail: blanks
+    chars.reshape(-1, 4)[:data.size] = _ESCAPES[data]
+    framed = np.empty((rows, 4 * _ROW + 7), np.uint8)
+    framed[:, 0] = ord('"')
+    framed[:, 1:-6] = chars.reshape(rows, -1)
+    framed[:, -6:] = np.frombuffer(b'"\n    ', np.uint8)
+    text = framed.tobytes().decode()[:-5]  # without the last line break
+    blanks = (rows * _ROW - data.size) * 4  # inside the last literal's closing quote
+    return text[:-1 - blanks] + '"' if blanks else text
+
+
+def lit(v: int) -> str:
+    """An int64 C literal for any integer (C has no negative literals: -2147483648 would be the
+    negation of a long)."""
+    return f"({v + 1}LL - 1)" if v <= -(1 << 31) else f"{v}LL"
+
+
+def limits(dtype: DType) -> tuple[str, str]:
+    """The least and greatest value of an integer dtype, as C literals."""
+    from npuc.quant import arith
+
+    lo, hi = arith.dtype_range(dtype)
+    return lit(lo), lit(hi)
 
 
 @dataclass

@@ -108,7 +108,8 @@ def emit_and_check(cm: Any, inputs: tuple, out: Path, check: bool = True) -> int
     import time
 
     project = cm.emit_c(out)
-    print(f"wrote a C project to {project}/ (model.c, weights.c, model.h, main.c, Makefile)")
+    print(f"wrote a C project to {project}/ (model.c, model.h, weights.c, weights.h, main.c, "
+          "Makefile)")
     if not check:
         return 0
     if shutil.which("make") is None or shutil.which("cc") is None:

@@ -19,7 +19,7 @@ from npuc.ir import DType, Node
 from npuc.ops.quantized import per_tensor
 from npuc.quant import arith
 
-from ..view import Context, Kernel, ctype
+from ..view import Context, Kernel, ctype, limits, lit
 from . import kernel
 
 
@@ -90,12 +90,7 @@ def elementwise(node: Node, ctx: Context, expr: str) -> Kernel:
 
 
 def _limits(node: Node) -> str:
-    lo, hi = arith.dtype_range(node.dtype)
-    return f"{_lit(lo)}, {_lit(hi)}"
-
-
-def _lit(v: int) -> str:
-    return f"({v + 1}LL - 1)" if v <= -(1 << 31) else f"{v}LL"
+    return ", ".join(limits(node.dtype))
 
 
 def requantized(acc: str, real: float, node: Node, zp: int | None = None) -> str:
@@ -150,8 +145,8 @@ def _rescale(node: Node, ctx: Context) -> Kernel:
     lo, hi = node.attrs.get("min"), node.attrs.get("max")
     if lo is not None or hi is not None:
         full = arith.dtype_range(node.dtype)
-        expr = f"npuc_clamp({expr}, {_lit(full[0] if lo is None else lo)}, " \
-               f"{_lit(full[1] if hi is None else hi)})"
+        expr = f"npuc_clamp({expr}, {lit(full[0] if lo is None else lo)}, " \
+               f"{lit(full[1] if hi is None else hi)})"
     return elementwise(node, ctx, expr)
 
 
@@ -160,7 +155,7 @@ def _qadd(node: Node, ctx: Context) -> Kernel:
     (s_a, _), (s_b, _) = (per_tensor(i.type) for i in node.inputs)
     left = 20 if max(i.dtype.bits for i in node.inputs) <= 8 else 15
     twice_max = 2 * max(s_a, s_b)
-    wide = f"{_lit(arith.INT32_MIN)}, {_lit(arith.INT32_MAX)}"
+    wide = f"{lit(arith.INT32_MIN)}, {lit(arith.INT32_MAX)}"
 
     def operand(i: int, s: float) -> str:
         m, e = arith.quantize_multiplier(s / twice_max)

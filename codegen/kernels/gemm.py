@@ -42,7 +42,7 @@ from npuc.ir import Node, TensorType
 from npuc.ops.quantized import _gemm_scales, per_tensor
 from npuc.quant import arith
 
-from ..view import Context, Kernel, ctype
+from ..view import Context, Kernel, ctype, limits
 from . import kernel
 
 INT32_MAX = (1 << 31) - 1
@@ -97,12 +97,6 @@ def plan_dot(k: int, kv: int, bound: int) -> Dot:
     return Dot("chunked", kv, k, chunk, kv // chunk * chunk)
 
 
-def _limits(node: Node) -> tuple[str, str]:
-    lo, hi = arith.dtype_range(node.dtype)
-    lit = (lambda v: f"({v + 1}LL - 1)" if v <= -(1 << 31) else f"{v}LL")  # noqa: E731
-    return lit(lo), lit(hi)
-
-
 def _requant_arrays(ctx: Context, real: np.ndarray, channels: int) -> tuple[str, str]:
     real = np.broadcast_to(np.asarray(real, dtype=np.float64), (channels,))
     mult, shift = arith.multipliers(real)
@@ -113,7 +107,7 @@ def _requant_arrays(ctx: Context, real: np.ndarray, channels: int) -> tuple[str,
 def _requant(node: Node, ctx: Context, channels: int, bias: Node | None,
              real: np.ndarray) -> dict[str, Any]:
     mult, shift = _requant_arrays(ctx, real, channels)
-    lo, hi = _limits(node)
+    lo, hi = limits(node.dtype)
     return {"mult": mult, "shift": shift, "zp": per_tensor(node.type)[1], "lo": lo, "hi": hi,
             "bias": ctx.ptr(bias) if bias is not None else None,
             "bias_t": ctype(bias.dtype) if bias is not None else None,

@@ -8,8 +8,7 @@ divisor already counts whatever `nn.pool_sum_and_count` counts. Resize (`ops/res
 per axis a table of source indices and Q16 weights (`quantized._resize_weights`, zero weights
 dropped): nearest is a copy, bilinear one exact int64 weighted sum rounded once. Gather
 (`ops/gather.c.j2`) copies rows picked by an index tensor, negative indices counting from the end.
-Operands are local pointers read through volatile copies, as in `reduce` (see `declare` in
-`ops/reduce_macros.j2`).
+Operands are local pointers (`declare` in `_macros.j2`), as in `reduce`.
 """
 
 from __future__ import annotations
@@ -24,10 +23,10 @@ from npuc.ops import quantized as q
 from npuc.ops.quantized import per_tensor
 from npuc.quant import arith
 
-from ..view import Context, Kernel, ctype
+from ..view import Context, Kernel, ctype, limits, lit
 from . import kernel
 from .elementwise import contiguous
-from .reduce import Base, limits, lit, operand, output, sum_type
+from .reduce import Base, operand, output, sum_type
 
 
 def _table(ctx: Context, name: str, rows: list) -> Base:

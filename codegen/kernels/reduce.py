@@ -14,8 +14,7 @@ Every rule is `npuc.ops.quantized`'s, literal for literal: the same multipliers 
 left shifts of possibly negative values written as multiplications.
 
 Each layer names its operands as local pointers (`bases`, printed by `declare` in
-`ops/reduce_macros.j2`) read through volatile copies, which keeps GCC 12 from miscompiling strided
-loops over the arena (see that macro).
+`_macros.j2`).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from npuc.ops import quantized as q
 from npuc.ops.quantized import per_tensor
 from npuc.quant import arith
 
-from ..view import Context, Kernel, ctype
+from ..view import Context, Kernel, ctype, limits, lit
 from . import kernel
 from .elementwise import contiguous, requantized
 
@@ -70,16 +69,6 @@ def index(loops: list[Loop], name: str, which: int = 1) -> str:
     terms = [f"{name}{i}" if loop[which] == 1 else f"{name}{i} * {loop[which]}"
              for i, loop in enumerate(loops) if loop[which]]
     return " + ".join(terms) or "0"
-
-
-def lit(v: int) -> str:
-    """An int64 literal valid for every value (C has no negative literals)."""
-    return f"({v + 1}LL - 1)" if v <= -(1 << 31) else f"{v}LL"
-
-
-def limits(dtype: DType) -> tuple[str, str]:
-    lo, hi = arith.dtype_range(dtype)
-    return lit(lo), lit(hi)
 
 
 def sum_type(count: int, dtype: DType) -> str:

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-WARNINGS = "-std=c99 -Wall -Wextra -Werror"
+WARNINGS = "-std=c99 -Wall -Wextra -Werror -Wvla"  # -Wvla: no variable-length arrays
 FAST = f"{WARNINGS} -O2"
 SANITIZE = f"{WARNINGS} -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all"
 
 
-def build(project: Path, cflags: str = FAST) -> Path:
-    """`make` the project (failing on any warning) and return the executable."""
-    if shutil.which("gcc") is None:
-        raise RuntimeError("gcc is required to build generated C")
-    result = subprocess.run(["make", "-s", "-C", str(project), "CC=gcc", f"CFLAGS={cflags}",
+def build(project: Path, cflags: str = FAST, cc: str = "gcc") -> Path:
+    """`make` the project with `cc` (failing on any warning) and return the executable."""
+    if shutil.which(cc) is None:
+        raise RuntimeError(f"{cc} is required to build generated C")
+    result = subprocess.run(["make", "-s", "-C", str(project), f"CC={cc}", f"CFLAGS={cflags}",
                              f"LDFLAGS={cflags if 'sanitize' in cflags else ''}"],
                             capture_output=True, text=True)
     if result.returncode:
@@ -39,13 +39,13 @@ def run(exe: Path, inputs: Sequence[np.ndarray], output_sizes: Sequence[int]) ->
 
 
 def assert_bit_exact(cm, inputs: Sequence[np.ndarray], folder: Path,  # noqa: ANN001
-                     cflags: str = FAST) -> None:
-    """Emit `cm`, build it with `cflags`, run it on `inputs`; every output must equal `cm.run`
-    bit for bit."""
+                     cflags: str = FAST, cc: str = "gcc") -> None:
+    """Emit `cm`, build it with `cc` and `cflags`, run it on `inputs`; every output must equal
+    `cm.run` bit for bit."""
     project = cm.emit_c(folder)
     expected = cm.run(*inputs)
     expected = expected if isinstance(expected, tuple) else (expected,)
-    got = run(build(project, cflags), inputs, [e.size for e in expected])
+    got = run(build(project, cflags, cc), inputs, [e.size for e in expected])
     for i, (e, g) in enumerate(zip(expected, got, strict=True)):
         e = np.asarray(e, dtype=np.float32).ravel()
         mismatch = np.flatnonzero(e.view(np.int32) != g.view(np.int32))

@@ -83,7 +83,7 @@ def test_project_layout_and_banner(tmp_path: Path) -> None:
     cm, _ = compiled("broadcast", "npu-int8")
     out = cm.emit_c(tmp_path)
     assert sorted(p.name for p in out.iterdir()) == [
-        "Makefile", "main.c", "model.c", "model.h", "npuc_runtime.h", "weights.c"]
+        "Makefile", "main.c", "model.c", "model.h", "npuc_runtime.h", "weights.c", "weights.h"]
     model_c = (out / "model.c").read_text()
     assert "target: npu-int8; pipeline: fold_constants" in model_c.splitlines()[0]
     assert "malloc" not in model_c

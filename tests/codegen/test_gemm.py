@@ -130,19 +130,6 @@ def encodings(cm: npuc.CompiledModel) -> set[str]:
             if n.is_const and n.attrs.get("encoding", "dense") != "dense"}
 
 
-SLOW = pytest.mark.slow  # covered by the faster cases too; run for the real architectures
-
-
-@pytest.mark.parametrize("name", [
-    "cnn_bn", "resnet_basic", "mobilenetv2_block", pytest.param("mlp", marks=SLOW),
-    pytest.param("repvgg_block", marks=SLOW), pytest.param("ops_mix", marks=SLOW),
-    pytest.param("attention_block", marks=SLOW)])
-def test_zoo_bit_exact(name: str, tmp_path: Path) -> None:
-    cm, inputs = compiled(name)
-    assert ops(cm) & {"qlinear", "qconv", "qmatmul", "qconv_transpose"}
-    assert_bit_exact(cm, inputs, tmp_path)
-
-
 @pytest.mark.parametrize("target", ["npu-int8", "dsp-int16"])
 @pytest.mark.parametrize("name", ["convs", "sequence", "volume", "matmul", "linears"])
 def test_geometries_bit_exact(name: str, target: str, tmp_path: Path) -> None:

@@ -1,0 +1,61 @@
+"""Every zoo model (tests/models.py, all-MiniLM-L6-v2 and ResNet-18 included) on every integer
+built-in target: `cm.emit_c` -> make -> ./model must reproduce `cm.run` bit for bit, on inputs
+beyond the calibrated range; a sample also under ASan/UBSan and, where it is installed, clang."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import npuc
+from tests.codegen.harness import SANITIZE, WARNINGS, assert_bit_exact
+from tests.models import ZOO
+
+INTEGER_TARGETS = [t for t in npuc.targets.names() if "quantize" in npuc.targets.get(t).pipeline]
+
+
+def compiled(name: str, target: str) -> tuple[npuc.CompiledModel, list[np.ndarray]]:
+    """The model calibrated on its example inputs, and fresh inputs: float ones 1.5x the example
+    plus noise (saturating the input quantizer), integer ones (token ids, masks) as they are."""
+    torch.manual_seed(0)
+    model, inputs = ZOO[name]()
+    cm = npuc.compile(model, inputs, target=target)
+    rng = np.random.default_rng(1)
+    fresh = [x.numpy() * 1.5 + rng.normal(0, 0.1, x.shape).astype(np.float32)
+             if x.is_floating_point() else x.numpy() for x in inputs]
+    return cm, fresh
+
+
+def test_every_integer_target_is_covered() -> None:
+    assert set(INTEGER_TARGETS) == set(npuc.targets.names()) - {"cpu-fp32"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", INTEGER_TARGETS)
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_bit_exact(name: str, target: str, tmp_path: Path) -> None:
+    cm, inputs = compiled(name, target)
+    assert_bit_exact(cm, inputs, tmp_path)
+
+
+SANITIZED = ["cnn_bn", "mobilenetv2_block", "attention_block", "lstm_classifier", "unet_small",
+             "ops_mix", "embedding_mlp"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SANITIZED)
+def test_sanitizers_are_clean(name: str, tmp_path: Path) -> None:
+    cm, inputs = compiled(name, "npu-w4a8")
+    assert_bit_exact(cm, inputs, tmp_path, cflags=SANITIZE)
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="clang is not installed (.ci/run "
+                    "installs it)")
+@pytest.mark.parametrize("name", ["attention_block", "ops_mix"])
+def test_clang_builds_warning_free(name: str, tmp_path: Path) -> None:
+    cm, inputs = compiled(name, "npu-int8")
+    assert_bit_exact(cm, inputs, tmp_path, cflags=f"{WARNINGS} -O2", cc="clang")
