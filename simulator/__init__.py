@@ -42,6 +42,7 @@ class Row:
     seconds: float
     start_s: float  # when the list schedule starts it
     note: str  # why faster engines were not used
+    tile: str = ""  # "tile MtxKtxNt": the GEMM's blocks when its activations did not fit in SRAM
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class SimReport:
         for r in self.rows:
             lines.append(f"{r.name:>4} {r.op:<16} {r.engine:<4} {r.macs:>12,} {r.cycles:>10,} "
                          f"{r.utilization:5.0%} {r.dram_bytes:>10,} {r.energy_j * 1e6:9.2f} "
-                         f"{r.bound:<7} {r.note}")
+                         f"{r.bound:<7} {r.note}{'  [' + r.tile + ']' if r.tile else ''}")
         lines.append(f"total: {self.total_cycles:,} cycles, {self.latency_s * 1e3:.3f} ms, "
                      f"{self.energy_j * 1e6:.1f} uJ; arena {self.arena_bytes:,} B (lower bound "
                      f"{self.arena_lower_bound:,} B); weights {self.weight_bytes:,} B; "
@@ -170,7 +171,8 @@ def simulate(graph: Graph, target) -> SimReport:  # noqa: ANN001 - a npuc.target
                         round(best.seconds * getattr(target, best.engine).clock_hz),
                         best.utilization, best.dram_bytes, best.sram_bytes, best.energy_j,
                         best.bound, best.seconds, slot.start,
-                        _note(node, slot, costs[node], unsupported[node], available[0])))
+                        _note(node, slot, costs[node], unsupported[node], available[0]),
+                        best.tile))
     by_start = sorted(order, key=lambda n: (slots[n].start if n in slots else -1.0,
                                             order.index(n)))
     memory: MemoryPlan = plan_memory(graph, by_start)

@@ -9,10 +9,11 @@ float included, at `ops_per_cycle`, the same `DSP_WORK` operations per element f
 SRAM bandwidth is `sram_bytes_per_cycle` at the clock of the target's first engine (the NPU, else
 the DSP): the SRAM's, whichever engine reads it.
 
-Memory: weights stream from DRAM once; activations stay in SRAM unless an op's working set
-exceeds it, then they round-trip DRAM once per SRAM-sized tile. With double buffering an op takes
-max(compute, memory) plus the DRAM latency of its first tile. A `gather` from a constant table
-(an embedding) reads only the rows it fetches: its output's bytes, not the whole table.
+Memory (`tiling.py`): constants stream from DRAM once; activations stay in SRAM while they fit
+beside the constant stream, else a GEMM is blocked to the SRAM (weights re-read once per row
+block, inputs once per column block) and any other op streams through DRAM. With double
+buffering an op takes max(compute, memory) plus the DRAM latency of its first tile. A `gather`
+from a constant table (an embedding) reads only the rows it fetches: its output's bytes.
 
 Sparsity (`npu.zero_skipping`): the NPU skips every MAC whose weight is zero, so a GEMM's compute
 cycles (fill and drain included: an idealised compaction of the nonzero weights over the array)
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -45,6 +46,7 @@ from npuc.ir import DType, Node
 from npuc.ops import macs
 
 from .systolic import gemm_cycles
+from .tiling import Traffic, gemm_traffic, stream_traffic
 
 GEMMS = frozenset({"qconv", "qlinear", "qmatmul", "qconv_transpose"})
 FREE = frozenset({"reshape", "input", "const"})
@@ -65,6 +67,7 @@ class OpCost:
     energy_j: float
     bound: str  # "compute" or "memory"
     utilization: float
+    tile: str = ""  # "tile MtxKtxNt" when the op's activations did not fit in SRAM
 
 
 def engines(target) -> list[str]:  # noqa: ANN001 - a npuc.targets.Target
@@ -227,20 +230,29 @@ def _weight_bits(node: Node) -> int:
 # ------------------------------------------------------------------ cost
 
 
-def _bytes(node: Node, engine: str, target) -> tuple[int, int]:  # noqa: ANN001
-    """(constant bytes read from DRAM, activation bytes read and written)."""
-    weights = 0
+def _traffic(node: Node, engine: str, target) -> Traffic:  # noqa: ANN001
+    """DRAM and SRAM bytes of `node` on `engine`, tiled to the SRAM (`tiling`)."""
+    sram = target.memory.sram_bytes
+    constants = 0
     for k, i in enumerate(node.inputs):
-        if not i.is_const:
+        if not i.is_const or (k == 1 and _weight(node) is i):
             continue
-        if node.op == "gather" and k == 0:
-            weights += node.type.nbytes  # only the rows fetched
-        elif engine == "npu" and k == 1 and _weight(node) is i:
-            weights += _streamed(i, target.npu)
-        else:
-            weights += _stored(i)
-    acts = sum(i.type.nbytes for i in node.inputs if not i.is_const) + node.type.nbytes
-    return weights, acts
+        constants += node.type.nbytes if node.op == "gather" and k == 0 else _stored(i)
+    if node.op not in GEMMS:
+        activations = sum(i.type.nbytes for i in node.inputs if not i.is_const)
+        return stream_traffic(constants, activations + node.type.nbytes, sram)
+    _, m, k, n = _gemm_shape(node)
+    lhs, rhs = node.inputs[:2]
+    w = _weight(node)
+    if w is None:
+        rhs_bytes, rhs_element = rhs.type.nbytes, rhs.dtype.numpy.itemsize
+    else:
+        rhs_bytes = _streamed(w, target.npu) if engine == "npu" else _stored(w)
+        rhs_element = _stored_bits(w) / 8
+    gemm = gemm_traffic(m, k, n, lhs.type.nbytes, rhs_bytes, node.type.nbytes, w is not None,
+                        lhs.dtype.numpy.itemsize, rhs_element, sram)
+    return replace(gemm, dram_bytes=gemm.dram_bytes + constants,
+                   sram_bytes=gemm.sram_bytes + constants)
 
 
 @dataclass(frozen=True)
@@ -300,11 +312,9 @@ def op_cost(engine: str, node: Node, target) -> OpCost:  # noqa: ANN001
         cycles = math.ceil((ops + _inline_decode(node)) / target.cpu.ops_per_cycle)
         util = 1.0
         clock = target.cpu.clock_hz
-    weights, acts = _bytes(node, engine, target)
+    traffic = _traffic(node, engine, target)
     memory = target.memory
-    sram = weights + acts
-    spill = acts * math.ceil(sram / memory.sram_bytes) if sram > memory.sram_bytes else 0
-    dram = weights + spill
+    dram, sram = traffic.dram_bytes, traffic.sram_bytes
     compute_s = cycles / clock
     memory_s = max(dram / memory.dram_bytes_per_s, sram / sram_bytes_per_s(target))
     seconds = (max(compute_s, memory_s) + (memory.dram_latency_s if dram else 0.0)
@@ -317,7 +327,7 @@ def op_cost(engine: str, node: Node, target) -> OpCost:  # noqa: ANN001
     joules = (performed * mac_pj + decode.ops * energy.mac_i8_pj + sram * energy.sram_byte_pj
               + dram * energy.dram_byte_pj) * 1e-12
     return OpCost(engine, work, cycles, seconds, dram, sram, joules,
-                  "compute" if compute_s >= memory_s else "memory", util)
+                  "compute" if compute_s >= memory_s else "memory", util, traffic.describe())
 
 
 def _inline_decode(node: Node) -> int:

@@ -19,6 +19,7 @@ from npuc.simulator import simulate
 from npuc.simulator.cost import op_cost, supports
 from npuc.simulator.memory import plan_memory
 from npuc.simulator.systolic import gemm_cycles
+from npuc.simulator.tiling import ACC_BYTES, gemm_traffic, stream_traffic
 from tests.models import ZOO
 
 dims = st.integers(1, 300)
@@ -65,6 +66,45 @@ def test_more_macs_never_fewer_cycles(m: int, k: int, n: int, array: tuple, flow
 def test_cycles_bound_the_array(m: int, k: int, n: int, array: tuple, flow: str) -> None:
     """No GEMM beats the array's peak: cycles >= MACs / PEs."""
     assert gemm_cycles(m, k, n, *array, flow) * array[0] * array[1] >= m * k * n
+
+
+def test_gemm_tiling_by_hand() -> None:
+    # 256^3 int8 GEMM, 64 KiB each operand and result. 1 MiB of SRAM holds it all: only the
+    # weights come from DRAM.
+    fits = gemm_traffic(256, 256, 256, 65536, 65536, 65536, True, 1, 1, 1 << 20)
+    assert (fits.dram_bytes, fits.sram_bytes, fits.tile) == (65536, 3 * 65536, None)
+    # 64 KiB: the best blocks are 128 x 64 output tiles (128 x 128 int32 accumulators alone
+    # would fill it) with K in chunks of 64: 2 * (128*64 + 64*64) + 4 * 128*64 = 57344 bytes.
+    # Weights are re-read 256/128 = 2 times, inputs 256/64 = 4 times, or the other way round:
+    # 65536 * (2 + 4) reads plus the 65536-byte result written once.
+    tight = gemm_traffic(256, 256, 256, 65536, 65536, 65536, True, 1, 1, 65536)
+    assert tight.dram_bytes == 65536 * 7
+    mt, kt, nt = tight.tile
+    assert {mt, nt} == {64, 128} and kt == 64
+    assert 2 * (mt * kt + kt * nt) + ACC_BYTES * mt * nt <= 65536
+
+
+def test_streaming_ops_by_hand() -> None:
+    assert stream_traffic(100, 1000, 4096).dram_bytes == 100  # resident: the table only
+    assert stream_traffic(100, 5000, 4096).dram_bytes == 5100  # streamed once
+    assert stream_traffic(3000, 2100, 4096).dram_bytes == 5100  # the table takes half
+
+
+gemm_dims = st.integers(1, 2000)
+
+
+@given(gemm_dims, gemm_dims, gemm_dims, st.booleans(), st.sampled_from([0.5, 1, 2]),
+       st.integers(6, 22))
+def test_gemm_tiles_fit_and_more_sram_never_costs_more(m: int, k: int, n: int, constant: bool,
+                                                       width: float, log_sram: int) -> None:
+    sizes = (int(m * k * width), int(k * n * width), m * n)
+    small = gemm_traffic(m, k, n, *sizes, constant, width, width, 1 << log_sram)
+    large = gemm_traffic(m, k, n, *sizes, constant, width, width, 2 << log_sram)
+    assert large.dram_bytes <= small.dram_bytes
+    assert small.dram_bytes >= (sizes[1] if constant else 0)  # weights come in at least once
+    if small.tile and small.tile != (1, 1, 1):
+        mt, kt, nt = small.tile
+        assert 2 * (mt * kt + kt * nt) * width + ACC_BYTES * mt * nt <= 1 << log_sram
 
 
 @pytest.fixture(scope="module")
