@@ -4,23 +4,26 @@ Every op here is out[m, o] = requantize(sat32(sum_k (x - zp_x)[m, k] * w[o, k] +
 integer semantics of `npuc.ops.quantized`, computed by one loop nest (`ops/gemm.c.j2`) per image
 and group:
 
-- rows: the activations centred (x - zp) into a tile of int16 rows in scratch (int32 when the
-  centred range does not fit 16 bits), each zero-padded to a multiple of 8 terms. A linear's or
-  matmul's rows are its input rows; a pointwise conv's are its input columns (a transpose); any
-  other conv's are im2col patches in (tap, channel) order, copied as contiguous runs from a
-  channel-last, zero-padded (for a conv_transpose also zero-stuffed: it is the stride-1 conv of
-  that input with flipped, in/out-swapped weights) copy of the image. Negative padding crops.
-- weights: [channels, k] rows in the same order, widened once per run to padded int16 rows in
-  scratch (dense conv weights are permuted in Python; decoded ones while widening; a matmul's
-  right operand is centred and transposed per batch), or, when fewer than `WIDEN_REUSE` rows
-  use them and no permutation is left, read as int8 rows (a vector loop over whole 16s, then a
-  scalar tail).
-- per tile, blocks of 4 output channels times `PIXELS` rows: dot products with literal bounds
-  (gcc -O2 vectorises them into pmaddwd), then the bias in int64, npuc_sat32 and
-  npuc_requantize with the per-channel multipliers and shifts (`arith.multipliers` of the
-  interpreter's own float64 reals) from const arrays.
+- rows: the activations into a tile of rows in scratch, each zero-padded to a multiple of
+  `VECTOR` terms (`Lhs`): with 8-bit activations and constant weights as unsigned bytes
+  x + 128, so each product is u8 x s8 (AVX-512 VNNI's vpdpbusd, which gcc -march=native emits
+  from the plain loop), the zero point returning as a per-channel bias (zp + 128) * sum(w);
+  otherwise centred x - zp, int16 (int32 when that does not fit). A linear's or matmul's rows
+  are its input rows; a pointwise conv's are its input columns (a transpose); any other conv's
+  are im2col patches in (tap, channel) order, copied as contiguous runs from a channel-last,
+  padded (with the value of a real zero; for a conv_transpose also zero-stuffed: it is the
+  stride-1 conv of that input with flipped, in/out-swapped weights) copy of the image.
+  Negative padding crops.
+- weights: int8 [channels, kp] rows in the same order, zero-padded: dense ones permuted and
+  padded in Python (const arrays), decoded ones reordered once per run into scratch; a
+  matmul's right operand is centred and transposed per batch.
+- per tile, blocks of 4 output channels times `PIXELS` rows: dot products with literal bounds,
+  plus the bias in int64, saturated to int32 into an accumulator tile of 4 channels by the
+  tile's rows; then per channel one loop of npuc_requantize over the rows with that channel's
+  multiplier and shift (`arith.multipliers` of the interpreter's own float64 reals), which
+  vectorises.
 
-The sums are int32 when Python proves no partial sum can overflow (terms * max|x - zp| * max|w|
+The sums are int32 when Python proves no partial sum can overflow (terms * max|x - sub| * max|w|
 < 2**31), else int32 chunks added into int64 (int64 throughout when a chunk would be shorter than
 `MIN_CHUNK`): 8-bit activations stay in int32 up to 66000 terms, int16 ones with int8 weights
 switch to 512-term chunks beyond 516. Depthwise convs (one input channel per group) use
@@ -47,9 +50,8 @@ from . import kernel
 
 INT32_MAX = (1 << 31) - 1
 TILE_BYTES = 1 << 19  # a row tile of centred activations: 512 KiB, inside L2
-WIDEN_REUSE = 4  # widen int8 weights to int16 once they serve at least this many rows
-LANES = 8  # int16 terms per vector: centred rows and widened weights are padded to a multiple
-VECTOR = 16  # int8 weights read directly: the vector loop covers whole 16s
+LANES = 8  # a depthwise conv's row accumulators are padded to a multiple of this
+VECTOR = 16  # GEMM rows (activations and weights) are padded to a multiple of this
 PIXELS = 2  # rows per register block (times 4 channels: 8 accumulators)
 MIN_CHUNK = 64  # int32 partial sums shorter than this: accumulate in int64 instead
 
@@ -60,12 +62,34 @@ def _up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def centred(t: TensorType) -> tuple[int, str]:
-    """(max |q - zp| over t's dtype, the C type holding q - zp)."""
+@dataclass(frozen=True)
+class Lhs:
+    """How a GEMM's activation operand sits in its row tile: col = x - sub, of C type `col_t`.
+
+    With 8-bit activations and constant int8 weights the tile is unsigned (x + 128 for int8),
+    so that each product is u8 x s8 (one AVX-512 VNNI vpdpbusd does 64); the zero point then
+    comes back as a bias, `pad` * sum(w) per output channel, `pad` = zp - sub being what a
+    padded (real zero) position holds. Otherwise the tile is centred (sub = zp, pad = 0), int16
+    when that fits, else int32."""
+
+    col_t: str
+    sub: int
+    pad: int
+    bound: int  # the largest |x - sub|
+
+    @property
+    def size(self) -> int:
+        return {"uint8_t": 1, "int16_t": 2}.get(self.col_t, 4)
+
+
+def lhs(t: TensorType, constant_weights: bool) -> Lhs:
     lo, hi = arith.dtype_range(t.dtype)
     zp = per_tensor(t)[1]
+    if constant_weights and t.dtype.bits == 8:
+        sub = lo  # int8: -128, uint8: 0
+        return Lhs("uint8_t", sub, zp - sub, hi - lo)
     small = lo - zp >= -32768 and hi - zp <= 32767
-    return max(abs(lo - zp), abs(hi - zp)), "int16_t" if small else "int32_t"
+    return Lhs("int16_t" if small else "int32_t", zp, 0, max(abs(lo - zp), abs(hi - zp)))
 
 
 def _weight_bound(w: Node) -> int:
@@ -81,20 +105,19 @@ class Dot:
     """How a reduction of `k` terms accumulates (see the module docstring)."""
 
     mode: str  # "int32", "chunked" or "int64"
-    kv: int  # [0, kv) runs in the vector loop, [kv, k) in a scalar tail
     k: int
     chunk: int = 0  # chunked: int32 partial sums of this many terms...
-    full: int = 0  # ... over [0, full), then one partial chunk [full, kv)
+    full: int = 0  # ... over [0, full), then one partial chunk [full, k)
 
 
-def plan_dot(k: int, kv: int, bound: int) -> Dot:
+def plan_dot(k: int, bound: int) -> Dot:
     """The accumulation of `k` terms each at most `bound` in magnitude."""
     if bound == 0 or k * bound <= INT32_MAX:
-        return Dot("int32", kv, k)
+        return Dot("int32", k)
     chunk = INT32_MAX // bound // VECTOR * VECTOR
     if chunk < MIN_CHUNK:
-        return Dot("int64", k, k)
-    return Dot("chunked", kv, k, chunk, kv // chunk * chunk)
+        return Dot("int64", k)
+    return Dot("chunked", k, chunk, k // chunk * chunk)
 
 
 def _requant_arrays(ctx: Context, real: np.ndarray, channels: int) -> tuple[str, str]:
@@ -104,44 +127,57 @@ def _requant_arrays(ctx: Context, real: np.ndarray, channels: int) -> tuple[str,
             ctx.array(shift.astype(np.int32), "int32_t", "shifts"))
 
 
-def _requant(node: Node, ctx: Context, channels: int, bias: Node | None,
-             real: np.ndarray) -> dict[str, Any]:
+def _requant(node: Node, ctx: Context, channels: int, bias: Node | None, real: np.ndarray,
+             correction: np.ndarray | None = None) -> dict[str, Any]:
+    """Requantization parameters; a nonzero `correction` (per channel, int64) is subtracted
+    from the bias, which becomes an int64 constant."""
     mult, shift = _requant_arrays(ctx, real, channels)
     lo, hi = limits(node.dtype)
-    return {"mult": mult, "shift": shift, "zp": per_tensor(node.type)[1], "lo": lo, "hi": hi,
-            "bias": ctx.ptr(bias) if bias is not None else None,
-            "bias_t": ctype(bias.dtype) if bias is not None else None,
-            "out_t": ctype(node.dtype)}
+    params = {"mult": mult, "shift": shift, "zp": per_tensor(node.type)[1], "lo": lo, "hi": hi,
+              "bias": ctx.ptr(bias) if bias is not None else None,
+              "bias_t": ctype(bias.dtype) if bias is not None else None,
+              "out_t": ctype(node.dtype)}
+    if correction is not None and np.any(correction):
+        total = -correction.astype(np.int64)
+        if bias is not None:
+            total = total + np.asarray(bias.data, np.int64).reshape(-1)
+        params.update(bias=ctx.array(total, "int64_t", f"{node.loc or node.op}: bias, zp folded"),
+                      bias_t="int64_t")
+    return params
 
 
 def _tile(rows: int, row_bytes: int) -> int:
     return max(1, min(rows, TILE_BYTES // row_bytes))
 
 
-def _weights(ctx: Context, w: Node, rows: int, k: int, reuse: int, bound_x: int, col_t: str,
+def _weights(ctx: Context, w: Node, rows: int, k: int, x: Lhs,
              order: Order | None = None) -> dict[str, Any]:
-    """Weight rows for the GEMM: widened to int16 (or read as int8) and the dot plan.
+    """The GEMM's int8 weight rows, [rows, kp] in (tap, channel) order with kp = k padded to a
+    multiple of `VECTOR` (zeros), the dot plan, and the zero point's bias correction.
 
-    `order` is how the GEMM's [rows, k] weights come from the stored tensor when they are a
-    permutation of it (a conv's (tap, channel) order, a conv_transpose's flipped taps): dense
-    weights are permuted here, decoded ones while widening."""
-    kp = _up(k, LANES)
-    bound = bound_x * _weight_bound(w)
-    dense = w.is_const and w.attrs.get("encoding", "dense") == "dense"
-    if order is not None and dense:
-        wptr = ctx.array(np.ascontiguousarray(order.permute(np.asarray(w.data))),
-                         ctype(w.dtype), f"{w.loc or 'weight'} in GEMM order")
-        order = None
-    else:
-        wptr = ctx.weight(w)
-    if order is None and reuse < WIDEN_REUSE and col_t == "int16_t" and w.dtype.bits <= 8:
-        return {"widen": None, "w_t": ctype(w.dtype), "w": wptr, "wrow": k, "kp": kp,
-                "dot": plan_dot(k, k // VECTOR * VECTOR, bound)}
-    wb = ctx.scratch(2 * rows * kp, "int16_t")
-    return {"widen": {"rows": rows, "k": k, "w": wptr, "w_t": ctype(w.dtype),
-                      "src": order.src if order else None,
-                      "split": (order.cg, order.taps) if order else None},
-            "w_t": "int16_t", "w": wb, "wrow": kp, "kp": kp, "dot": plan_dot(kp, kp, bound)}
+    `order` is how the GEMM's rows come from the stored tensor when they are a permutation of
+    it (a conv's (tap, channel) order, a conv_transpose's flipped taps): dense weights are
+    permuted and padded here, encoded ones after they are decoded, into scratch (`reorder`)."""
+    kp = _up(k, VECTOR)
+    values = np.asarray(w.data, np.int64)
+    gemm = order.permute(values) if order is not None else values.reshape(rows, k)
+    params = {"w_t": "int8_t", "wrow": kp, "kp": kp, "reorder": None,
+              "dot": plan_dot(kp, x.bound * _weight_bound(w)),
+              "correction": x.pad * gemm.sum(axis=1)}
+    if w.attrs.get("encoding", "dense") == "dense":
+        padded = np.zeros((rows, kp), np.int8)
+        padded[:, :k] = gemm
+        params["w"] = ctx.array(padded, "int8_t", f"{w.loc or 'weight'}: rows in GEMM order")
+        return params
+    decoded = ctx.weight(w)
+    if order is None and kp == k:
+        params["w"] = decoded
+        return params
+    params["w"] = ctx.scratch(rows * kp, "int8_t")
+    params["reorder"] = {"rows": rows, "k": k, "w": decoded,
+                         "src": order.src if order else None,
+                         "split": (order.cg, order.taps) if order else None}
+    return params
 
 
 # -- qlinear / qmatmul ----------------------------------------------------------------------------
@@ -153,18 +189,20 @@ def _qlinear(node: Node, ctx: Context) -> Kernel:
     k = x.shape[-1]
     n_out = w.shape[0]
     rows = math.prod(x.shape[:-1])
-    bound_x, col_t = centred(x.type)
-    weights = _weights(ctx, w, n_out, k, rows, bound_x, col_t)
+    rows_in = lhs(x.type, constant_weights=True)
+    weights = _weights(ctx, w, n_out, k, rows_in)
     kp = weights["kp"]
-    tile = _tile(rows, kp * (2 if col_t == "int16_t" else 4))
+    tile = _tile(rows, kp * rows_in.size)
     params = {
-        "x": ctx.ptr(x), "x_t": ctype(x.dtype), "y": ctx.ptr(node), "col_t": col_t,
-        "col": ctx.scratch(tile * kp * (2 if col_t == "int16_t" else 4), col_t),
+        "x": ctx.ptr(x), "x_t": ctype(x.dtype), "y": ctx.ptr(node), "col_t": rows_in.col_t,
+        "col": ctx.scratch(tile * kp * rows_in.size, rows_in.col_t),
+        "acc": ctx.scratch(4 * 4 * tile, "int32_t"),
         "images": 1, "groups": 1, "m": rows, "mt": tile, "og": n_out,
-        "fill": {"kind": "rows", "k": k, "zp": per_tensor(x.type)[1], "row": k, "at": "0"},
+        "fill": {"kind": "rows", "k": k, "sub": rows_in.sub, "row": k, "at": "0"},
         "out": {"image": 0, "o": 1, "m": n_out},
         "xp": None, "per_image": None,
-        **weights, **_requant(node, ctx, n_out, bias, _gemm_scales(node)),
+        **weights,
+        **_requant(node, ctx, n_out, bias, _gemm_scales(node), weights["correction"]),
         "pr": PIXELS,
     }
     return Kernel("gemm", params)
@@ -181,11 +219,10 @@ def _qmatmul(node: Node, ctx: Context) -> Kernel:
     images = math.prod(batch)
     a_at = _batch_offsets(a_shape, batch)
     b_at = _batch_offsets(b_shape, batch)
-    bound_a, a_t = centred(a.type)
-    bound_b, b_t = centred(b.type)
-    col_t = "int32_t" if "int32_t" in (a_t, b_t) else "int16_t"
+    left, right = lhs(a.type, constant_weights=False), lhs(b.type, constant_weights=False)
+    col_t = "int32_t" if "int32_t" in (left.col_t, right.col_t) else "int16_t"
     size = 2 if col_t == "int16_t" else 4
-    kp = _up(k, LANES)
+    kp = _up(k, VECTOR)
     tile = _tile(m, kp * size)
     s_a, s_b = per_tensor(a.type)[0], per_tensor(b.type)[0]
     real = np.float64(s_a * s_b / per_tensor(node.type)[0])
@@ -193,16 +230,17 @@ def _qmatmul(node: Node, ctx: Context) -> Kernel:
     params = {
         "x": ctx.ptr(a), "x_t": ctype(a.dtype), "y": ctx.ptr(node), "col_t": col_t,
         "col": ctx.scratch(tile * kp * size, col_t),
+        "acc": ctx.scratch(4 * 4 * tile, "int32_t"),
         "images": images, "groups": 1, "m": m, "mt": tile, "og": n_out,
-        "fill": {"kind": "rows", "k": k, "zp": per_tensor(a.type)[1], "row": k,
+        "fill": {"kind": "rows", "k": k, "sub": left.sub, "row": k,
                  "at": _offset_expr(ctx, a_at)},
         "out": {"image": m * n_out, "o": 1, "m": n_out},
         "xp": None,
-        "per_image": {"b": ctx.ptr(b), "b_t": ctype(b.dtype), "zp": per_tensor(b.type)[1],
+        "per_image": {"b": ctx.ptr(b), "b_t": ctype(b.dtype), "sub": right.sub,
                       "at": _offset_expr(ctx, b_at), "k": k, "n": n_out},
-        "widen": None, "w_t": col_t, "w": bt, "wrow": kp, "kp": kp,
+        "reorder": None, "w_t": col_t, "w": bt, "wrow": kp, "kp": kp,
         "pr": PIXELS,
-        "dot": plan_dot(kp, kp, bound_a * bound_b),
+        "dot": plan_dot(kp, left.bound * right.bound),
         **_requant(node, ctx, n_out, None, real),
     }
     return Kernel("gemm", params)
@@ -300,11 +338,11 @@ def _times(var: str, factor: int) -> str:
     return "0" if factor == 0 or var == "0" else var if factor == 1 else f"{var} * {factor}"
 
 
-def _padded(geo: Geometry, ctx: Context, x: Node, col_t: str, sizes: tuple[int, ...],
-            channels: int, channel: str, last: bool) -> dict[str, Any]:
-    """A zeroed buffer of `channels` channels over `sizes` holding the image's centred values at
-    their virtual positions, channel-last when `last` (else planar); `channel` is the C
-    expression of the first channel copied."""
+def _padded(geo: Geometry, ctx: Context, x: Lhs, sizes: tuple[int, ...], channels: int,
+            channel: str, last: bool) -> dict[str, Any]:
+    """A buffer of `channels` channels over `sizes`, filled with `x.pad` (a real zero), holding
+    the image's values x - sub at their virtual positions, channel-last when `last` (else
+    planar); `channel` is the C expression of the first channel copied."""
     zs = _strides(sizes)
     loops = []
     for i, (n, s, lo) in enumerate(zip(geo.x, geo.step, geo.lo, strict=True)):
@@ -318,10 +356,10 @@ def _padded(geo: Geometry, ctx: Context, x: Node, col_t: str, sizes: tuple[int, 
     src = _sum(_times("n", geo.channels * math.prod(geo.x)),
                _times(f"({_sum(channel, 'c')})", math.prod(geo.x)),
                *[_times(f"i{i}", st) for i, st in enumerate(_strides(geo.x))])
-    size = channels * plane * (2 if col_t == "int16_t" else 4)
-    return {"ptr": ctx.scratch(size, col_t), "bytes": size, "channels": channels,
+    size = channels * plane * x.size
+    return {"ptr": ctx.scratch(size, x.col_t), "bytes": size, "channels": channels,
             "loops": loops, "empty": any(a >= b for _, a, b in loops), "dst": dst, "src": src,
-            "zp": per_tensor(x.type)[1], "plane": plane}
+            "sub": x.sub, "fill": x.pad, "plane": plane}
 
 
 @dataclass(frozen=True)
@@ -361,27 +399,28 @@ def _conv(node: Node, ctx: Context, transpose: bool) -> Kernel:
                                loc=node.loc, stage="emit-c")
     geo = _geometry(node, transpose)
     out_channels = node.shape[1]
-    requant = _requant(node, ctx, out_channels, bias, _gemm_scales(node))
     if geo.cg == 1:
+        requant = _requant(node, ctx, out_channels, bias, _gemm_scales(node))
         return _depthwise(node, ctx, geo, transpose, requant)
-    bound_x, col_t = centred(x.type)
+    rows_in = lhs(x.type, constant_weights=True)
+    col_t, size = rows_in.col_t, rows_in.size
     nsp = len(geo.x)
     k = geo.cg * geo.taps
     pixels = math.prod(geo.q)
-    size = 2 if col_t == "int16_t" else 4
     pointwise = (not transpose and geo.taps == 1 and all(s == 1 for s in geo.stride)
                  and geo.q == geo.x and not any(geo.lo + geo.hi))
-    weights = _weights(ctx, w, out_channels, k, pixels * geo.batch, bound_x, col_t,
+    weights = _weights(ctx, w, out_channels, k, rows_in,
                        None if pointwise else _order(geo, transpose))
+    requant = _requant(node, ctx, out_channels, bias, _gemm_scales(node), weights["correction"])
     kp = weights["kp"]
     tile = _tile(pixels, kp * size)
     fill: dict[str, Any]
     xp = None
     if pointwise:  # the patches are the input's columns
-        fill = {"kind": "pointwise", "k": k, "zp": per_tensor(x.type)[1], "cg": geo.cg,
+        fill = {"kind": "pointwise", "k": k, "sub": rows_in.sub, "cg": geo.cg,
                 "plane": pixels, "image": geo.channels * pixels}
     else:  # im2col from a channel-last, zero-padded (and zero-stuffed) copy of the image
-        xp = _padded(geo, ctx, x, col_t, geo.virtual, geo.channels, "0", last=True)
+        xp = _padded(geo, ctx, rows_in, geo.virtual, geo.channels, "0", last=True)
         zs = [st * geo.channels for st in _strides(geo.virtual)]
         q_exprs, div = [], 1
         for i in reversed(range(nsp)):
@@ -404,6 +443,7 @@ def _conv(node: Node, ctx: Context, transpose: bool) -> Kernel:
     params = {
         "x": ctx.ptr(x), "x_t": ctype(x.dtype), "y": ctx.ptr(node), "col_t": col_t,
         "col": ctx.scratch(tile * kp * size, col_t),
+        "acc": ctx.scratch(4 * 4 * tile, "int32_t"),
         "images": geo.batch, "groups": geo.groups, "m": pixels, "mt": tile, "og": geo.og,
         "fill": fill, "out": {"image": out_channels * pixels, "o": pixels, "m": 1},
         "xp": xp, "per_image": None,
@@ -418,15 +458,15 @@ def _depthwise(node: Node, ctx: Context, geo: Geometry, transpose: bool,
     """One input channel per group: per output row (all axes but the last), each tap adds a
     weight times a row of the padded channel plane to an int32 row accumulator."""
     x, w = node.inputs[:2]
-    bound_x, col_t = centred(x.type)
+    plane = lhs(x.type, constant_weights=False)  # centred: products of int16 x int8 weights
     nsp = len(geo.x)
     row = _up(geo.q[-1], LANES)
     sizes = list(geo.virtual)
     sizes[-1] = max(sizes[-1], (row - 1) * geo.stride[-1] + (geo.kernel[-1] - 1) *
                     geo.dilation[-1] + 1)
-    xp = _padded(geo, ctx, x, col_t, tuple(sizes), 1, "g", last=False)
+    xp = _padded(geo, ctx, plane, tuple(sizes), 1, "g", last=False)
     zs = _strides(tuple(sizes))
-    bound = bound_x * _weight_bound(w) * geo.taps
+    bound = plane.bound * _weight_bound(w) * geo.taps
     acc_t = "int32_t" if bound <= INT32_MAX else "int64_t"
     t = geo.taps
     widx = f"o * {t} + {t - 1} - tap" if transpose else f"o * {t} + tap"  # transposed: flipped
@@ -441,7 +481,8 @@ def _depthwise(node: Node, ctx: Context, geo: Geometry, transpose: bool,
     params = {
         "x": ctx.ptr(x), "y": ctx.ptr(node), "w": ctx.weight(w), "w_t": ctype(w.dtype),
         "x_t": ctype(x.dtype),
-        "col_t": col_t, "acc_t": acc_t, "xp": xp, "images": geo.batch, "groups": geo.groups,
+        "col_t": plane.col_t, "acc_t": acc_t, "xp": xp, "images": geo.batch,
+        "groups": geo.groups,
         "og": geo.og, "outer": [(f"q{i}", geo.q[i]) for i in range(nsp - 1)],
         "taps": [(f"t{i}", geo.kernel[i]) for i in range(nsp)], "tap": tap, "widx": widx,
         "start": start, "row": row, "width": geo.q[-1], "step": geo.stride[-1],

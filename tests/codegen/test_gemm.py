@@ -171,13 +171,12 @@ def test_compressed_conv_weights(name: str, target: str, fmt: str | None,
     assert_bit_exact(cm, inputs, tmp_path)
 
 
-def test_tiles_and_int8_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tiny row tiles (several tiles, a partial last one) and int8 weight rows read directly
-    (never widened: vector loop plus scalar tail)."""
+@pytest.mark.parametrize("target", ["npu-int8", "dsp-int16"])
+def test_tiny_row_tiles(target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several row tiles and a partial last one, with unsigned and with centred int16 rows."""
     monkeypatch.setattr(gemm, "TILE_BYTES", 200)
-    monkeypatch.setattr(gemm, "WIDEN_REUSE", 1 << 30)
     for name in ("convs", "linears"):
-        cm, inputs = compiled(name)
+        cm, inputs = compiled(name, target)
         assert_bit_exact(cm, inputs, tmp_path / name)
 
 
@@ -186,11 +185,9 @@ def test_tiles_and_int8_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_wide_accumulators(limit: int, name: str, tmp_path: Path,
                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A lower int32 bound forces the chunked (int32 chunks of 32 terms into int64: 2**20) and
-    the int64 sums (2**10), in GEMMs with widened and with int8 weight rows and in depthwise
-    convs."""
+    the int64 sums (2**10), in GEMMs and in depthwise convs."""
     monkeypatch.setattr(gemm, "INT32_MAX", limit)
     monkeypatch.setattr(gemm, "MIN_CHUNK", 16)
-    monkeypatch.setattr(gemm, "WIDEN_REUSE", 6)  # linears: its 3 rows read int8 weights
     cm, inputs = compiled(name)
     assert_bit_exact(cm, inputs, tmp_path)
 
@@ -214,13 +211,13 @@ def test_batch_offsets() -> None:
 
 
 def test_plan_dot() -> None:
-    assert gemm.plan_dot(576, 576, 255 * 127) == gemm.Dot("int32", 576, 576)
-    assert gemm.plan_dot(66000, 66000, 255 * 127).mode == "int32"
-    assert gemm.plan_dot(66400, 66400, 255 * 127).mode == "chunked"
-    chunked = gemm.plan_dot(1040, 1032, 32768 * 127)  # int16 x int8: 516 terms per int32 sum
-    assert chunked == gemm.Dot("chunked", 1032, 1040, 512, 1024)
-    assert gemm.plan_dot(100, 96, 32768 * 32768).mode == "int64"
-    assert gemm.plan_dot(10 ** 9, 10 ** 9, 0).mode == "int32"
+    assert gemm.plan_dot(576, 255 * 127) == gemm.Dot("int32", 576)
+    assert gemm.plan_dot(66000, 255 * 127).mode == "int32"
+    assert gemm.plan_dot(66400, 255 * 127).mode == "chunked"
+    chunked = gemm.plan_dot(1040, 32768 * 127)  # int16 x int8: 516 terms per int32 sum
+    assert chunked == gemm.Dot("chunked", 1040, 512, 1024)
+    assert gemm.plan_dot(96, 32768 * 32768).mode == "int64"
+    assert gemm.plan_dot(10 ** 9, 0).mode == "int32"
 
 
 # -- conv geometry ---------------------------------------------------------------------------------
