@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 from npuc.ir import Graph, Node
 
-from .cost import OpCost, engines, op_cost, sram_bytes_per_s, supports
+from .cost import FREE, OpCost, engines, op_cost, sram_bytes_per_s, supports
 from .memory import MemoryPlan, plan_memory
 from .schedule import Slot, heft
 
@@ -55,7 +55,7 @@ class SimReport:
     arena_bytes: int
     arena_lower_bound: int
     weight_bytes: int
-    peak_macs_per_s: float  # the fastest engine's, for the roofline
+    peak_macs_per_s: dict[str, float]  # each engine's MACs per second at full rate (roofline)
     dram_bytes_per_s: float
     transfer_bytes: int  # moved between engines through the shared SRAM
 
@@ -95,14 +95,16 @@ class SimReport:
         roof.set_yscale("log")
         roof.set_xlabel("arithmetic intensity (MACs per DRAM byte)")
         roof.set_ylabel("achieved MAC/s")
-        peak_macs_per_s, dram_bytes_per_s = self.peak_macs_per_s, self.dram_bytes_per_s
+        dram_bytes_per_s = self.dram_bytes_per_s
         if gemm:
             lo = min(r.macs / r.dram_bytes for r in gemm) / 2
             hi = max(r.macs / r.dram_bytes for r in gemm) * 2
-            knee = peak_macs_per_s / dram_bytes_per_s
-            xs = [lo, min(max(knee, lo), hi), hi]
-            roof.plot(xs, [min(peak_macs_per_s, v * dram_bytes_per_s) for v in xs], "k--",
-                      label="roofline")
+            for engine in sorted({r.engine for r in gemm}):  # one roof per engine used
+                peak = self.peak_macs_per_s[engine]
+                knee = peak / dram_bytes_per_s
+                xs = [lo, min(max(knee, lo), hi), hi]
+                roof.plot(xs, [min(peak, v * dram_bytes_per_s) for v in xs], "--",
+                          color=colours[engine], label=f"{engine} roof")
             roof.legend()
         fig.tight_layout()
         fig.savefig(path, dpi=120)
@@ -183,7 +185,8 @@ def simulate(graph: Graph, target) -> SimReport:  # noqa: ANN001 - a npuc.target
     energy = (sum(r.energy_j for r in rows) + target.energy.static_w * latency
               + 2 * moved * target.energy.sram_byte_pj * 1e-12)
     return SimReport(target.name, tuple(rows), round(latency * clock), latency, energy,
-                     memory.arena_bytes, memory.lower_bound, weights, peak_macs(target),
+                     memory.arena_bytes, memory.lower_bound, weights,
+                     {e: peak_macs(target, e) for e in available},
                      target.memory.dram_bytes_per_s, moved)
 
 
@@ -192,7 +195,7 @@ def _note(node: Node, slot: Slot, costs: dict[str, OpCost], unsupported: list[st
     """The op's module path and, when it did not run on `first` (the NPU), why: the engines that
     cannot run it, or how much earlier it finishes where the schedule put it."""
     note = node.loc or ""
-    if slot.engine == first:
+    if slot.engine == first or node.op in FREE:  # a view costs nothing anywhere
         return note
     if first not in costs:
         why = "; ".join(unsupported)
@@ -213,11 +216,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} us" if seconds >= 1e-7 else f"{seconds * 1e9:.1f} ns"
 
 
-def peak_macs(target) -> float:  # noqa: ANN001
-    """MACs per second of the target's fastest engine at full rate."""
-    if target.npu is not None:
+def peak_macs(target, engine: str) -> float:  # noqa: ANN001
+    """MACs per second of one engine of the target at full rate (int8, or its weight width)."""
+    if engine == "npu":
         npu = target.npu
         return npu.rows * npu.cols * npu.clock_hz * 8 / npu.weight_bits
-    if target.dsp is not None:
+    if engine == "dsp":
         return target.dsp.lanes * target.dsp.clock_hz
     return target.cpu.ops_per_cycle * target.cpu.clock_hz

@@ -51,6 +51,7 @@ from . import kernel
 INT32_MAX = (1 << 31) - 1
 TILE_BYTES = 1 << 19  # a row tile of centred activations: 512 KiB, inside L2
 LANES = 8  # a depthwise conv's row accumulators are padded to a multiple of this
+LOCAL_ROW = 1024  # up to this many, a depthwise row accumulator is a local array (registers)
 VECTOR = 16  # GEMM rows (activations and weights) are padded to a multiple of this
 PIXELS = 2  # rows per register block (times 4 channels: 8 accumulators)
 MIN_CHUNK = 64  # int32 partial sums shorter than this: accumulate in int64 instead
@@ -486,7 +487,7 @@ def _depthwise(node: Node, ctx: Context, geo: Geometry, transpose: bool,
         "og": geo.og, "outer": [(f"q{i}", geo.q[i]) for i in range(nsp - 1)],
         "taps": [(f"t{i}", geo.kernel[i]) for i in range(nsp)], "tap": tap, "widx": widx,
         "start": start, "row": row, "width": geo.q[-1], "step": geo.stride[-1],
-        "acc": ctx.scratch(row * 8, acc_t), "out_at": out_at,
+        "acc": ctx.scratch(row * 8, acc_t) if row > LOCAL_ROW else None, "out_at": out_at,
         **requant,
     }
     return Kernel("conv_dw", params)

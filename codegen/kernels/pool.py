@@ -1,14 +1,18 @@
 """Windowed and indexed ops: pooling, resizing and gather.
 
-Pools (`ops/pool.c.j2`) walk each output cell's window per spatial axis from a constant table of
-(first input index, valid taps, divisor) rows computed here from the op's attributes, so padding,
-dilation and ceil_mode cost no branches in C: padded cells are simply not visited (max_pool's
-padding reads as the dtype's minimum, the accumulator's initial value; avg pools' reads 0) and the
-divisor already counts whatever `nn.pool_sum_and_count` counts. Resize (`ops/resize.c.j2`) reads
-per axis a table of source indices and Q16 weights (`quantized._resize_weights`, zero weights
-dropped): nearest is a copy, bilinear one exact int64 weighted sum rounded once. Gather
-(`ops/gather.c.j2`) copies rows picked by an index tensor, negative indices counting from the end.
-Operands are local pointers (`declare` in `_macros.j2`), as in `reduce`.
+Max and average pools (`ops/window.c.j2`) copy each channel into a plane padded on every side to
+cover all windows (with the dtype's minimum for max_pool, the accumulator's initial value, and
+with the zero point for avg_pool, so that padding adds a real 0), then per output row update a
+row of accumulators tap by tap, one strided load per cell: a loop gcc vectorises. An average's
+divisor is the product of per-axis counts from `_pool_rows`, counting whatever
+`nn.pool_sum_and_count` counts (padding with count_include_pad, the valid taps without).
+Adaptive pools (`ops/pool.c.j2`), whose windows vary, walk each output cell's window from a
+constant table of (first input index, taps, divisor) rows per spatial axis. Resize
+(`ops/resize.c.j2`) reads per axis a table of source indices and Q16 weights
+(`quantized._resize_weights`, zero weights dropped): nearest is a copy, bilinear one exact int64
+weighted sum rounded once. Gather (`ops/gather.c.j2`) copies rows picked by an index tensor,
+negative indices counting from the end. Operands are local pointers (`declare` in
+`_macros.j2`).
 """
 
 from __future__ import annotations
@@ -79,13 +83,55 @@ def _pool(node: Node, ctx: Context, rows: list[list[tuple[int, int, int]]],
 
 @kernel("max_pool", "qavg_pool")
 def _window_pool(node: Node, ctx: Context) -> Kernel:
-    a = node.attrs
-    size, out = node.inputs[0].shape[2:], node.shape[2:]
-    include = node.op == "qavg_pool" and a["count_include_pad"]
-    rows = [_pool_rows(size[i], out[i], a["kernel"][i], a["stride"][i], a["padding"][2 * i],
-                       a["padding"][2 * i + 1], a["dilation"][i], include)
-            for i in range(len(out))]
-    return _pool(node, ctx, rows, list(a["dilation"]), node.op == "qavg_pool")
+    """`ops/window.c.j2`: the image in a padded plane, whole output rows updated per tap."""
+    x, a = node.inputs[0], node.attrs
+    size, out = x.shape[2:], node.shape[2:]
+    kernel_, stride, dilation = a["kernel"], a["stride"], a["dilation"]
+    lo = a["padding"][0::2]
+    # plane coordinate = input index + lo, wide enough for every tap of every window
+    plane = [max(n + p, (o - 1) * s + (k - 1) * d + 1) for n, p, o, s, k, d in zip(
+        size, lo, out, stride, kernel_, dilation, strict=True)]
+    ps, xs, ys = contiguous(tuple(plane)), contiguous(size), contiguous(out)
+    nsp = len(out)
+    base = " + ".join([f"(p{i} * {stride[i]} + t{i} * {dilation[i]}) * {ps[i]}"
+                       for i in range(nsp - 1)] + [f"t{nsp - 1} * {dilation[-1]}"])
+    average = node.op == "qavg_pool"
+    if average:
+        zp_in, zp_out = per_tensor(x.type)[1], per_tensor(node.type)[1]
+        fill, acc_type = zp_in, sum_type(math.prod(kernel_), x.dtype)
+    else:
+        fill = 0 if x.dtype == DType.BOOL else int(np.iinfo(x.dtype.numpy).min)
+        acc_type = ctype(x.dtype)
+    params = {
+        "nc": x.shape[0] * x.shape[1], "x_type": ctype(x.dtype), "y_type": ctype(node.dtype),
+        "acc_type": acc_type, "in_block": math.prod(size), "out_block": math.prod(out),
+        "plane_size": math.prod(plane), "fill": lit(fill), "sizes": list(size),
+        "plane_at": " + ".join(f"(i{i} + {lo[i]}) * {ps[i]}" for i in range(nsp)),
+        "x_at": " + ".join(f"i{i} * {xs[i]}" for i in range(nsp)),
+        "outer": list(out[:-1]), "kernel": list(kernel_), "width": out[-1], "base": base,
+        "step": stride[-1], "y_at": " + ".join([f"p{i} * {ys[i]}" for i in range(nsp - 1)] + ["0"]),
+    }
+    bases = [operand("x", x, ctx), output(node, ctx),
+             (ctype(x.dtype), "plane", ctx.scratch(math.prod(plane) * x.dtype.numpy.itemsize,
+                                                   ctype(x.dtype))),
+             (acc_type, "acc", ctx.scratch(out[-1] * 8, acc_type))]
+    if not average:
+        params.update(init=lit(fill), accumulate="if (v > acc[q]) acc[q] = v", result="acc[q]")
+        return Kernel("window", {**params, "bases": bases})
+    # divisors per axis, as nn.pool_sum_and_count counts them; a window of padding sums to 0
+    include = a["count_include_pad"]
+    counts = [[r[2] for r in _pool_rows(size[i], out[i], kernel_[i], stride[i], lo[i],
+                                        a["padding"][2 * i + 1], dilation[i], include)]
+              for i in range(nsp)]
+    bases += [_table(ctx, f"count{i}", c) for i, c in enumerate(counts)]
+    count = " * ".join([f"(int64_t)count{i}[p{i}]" for i in range(nsp - 1)]
+                       + [f"(int64_t)count{nsp - 1}[q]"])
+    total = f"((int64_t)acc[q] - {lit(math.prod(kernel_) * zp_in)})"
+    lo_y, hi_y = limits(node.dtype)
+    params.update(init="0", accumulate="acc[q] += v",
+                  result=f"npuc_clamp(npuc_div_round({total}, {count}) + {zp_out}, {lo_y}, "
+                         f"{hi_y})")
+    return Kernel("window", {**params, "bases": bases})
 
 
 @kernel("qadaptive_avg_pool")

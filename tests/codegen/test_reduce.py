@@ -249,3 +249,45 @@ def test_random_reductions(case: tuple[str, tuple[int, ...], tuple[int, ...], bo
     cm = npuc.compile(Reduce(op, axes, keepdim).eval(), (x,), target=target)
     with tempfile.TemporaryDirectory() as folder:
         assert_bit_exact(cm, [x.numpy() * 1.5], Path(folder))
+
+
+# -- random pools -------------------------------------------------------------------------------
+
+class Pool(nn.Module):
+    def __init__(self, kind: str, rank: int, options: dict) -> None:
+        super().__init__()
+        self.fn = getattr(F, f"{kind}_pool{rank}d")
+        self.options = options
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x, **self.options)
+
+
+@st.composite
+def pools(draw: st.DrawFn) -> tuple[str, tuple[int, ...], dict]:
+    kind = draw(st.sampled_from(["max", "avg"]))
+    rank = draw(st.integers(1, 2))
+    kernel = draw(st.lists(st.integers(1, 4), min_size=rank, max_size=rank))
+    options = {"kernel_size": kernel,
+               "stride": draw(st.lists(st.integers(1, 3), min_size=rank, max_size=rank)),
+               "padding": [draw(st.integers(0, k // 2)) for k in kernel],
+               "ceil_mode": draw(st.booleans())}
+    if kind == "max":
+        options["dilation"] = draw(st.lists(st.integers(1, 2), min_size=rank, max_size=rank))
+    else:
+        options["count_include_pad"] = draw(st.booleans())
+    reach = [(k - 1) * options.get("dilation", [1] * rank)[i] + 1 for i, k in enumerate(kernel)]
+    shape = (2, 3) + tuple(draw(st.integers(r, r + 6)) for r in reach)
+    return kind, shape, options
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pools())
+def test_random_pools(case: tuple[str, tuple[int, ...], dict]) -> None:
+    kind, shape, options = case
+    torch.manual_seed(2)
+    x = torch.randn(*shape)
+    model = Pool(kind, len(shape) - 2, options).eval()
+    cm = npuc.compile(model, (x,), target="npu-int8")
+    with tempfile.TemporaryDirectory() as folder:
+        assert_bit_exact(cm, [x.numpy() * 1.5], Path(folder))

@@ -178,8 +178,8 @@ def test_every_zoo_model_on_every_target(name: str, target: str) -> None:
     for row in report.rows:
         assert supports(row.engine, order[int(row.name)], t) is None  # so the target has it
         assert row.bound in ("compute", "memory") and 0 <= row.utilization <= 1
-        if t.npu is not None and row.engine != "npu":
-            assert NOT_ON_NPU.search(row.note), row  # says why not on the NPU
+        if t.npu is not None and row.engine != "npu" and row.op != "reshape":
+            assert NOT_ON_NPU.search(row.note), row  # says why not on the NPU (a view: free)
     if t.npu is not None:
         gemms = [r for r in report.rows if r.op in ("qconv", "qlinear", "qmatmul")]
         assert all(r.engine in ("npu", "dsp") for r in gemms)
