@@ -24,7 +24,7 @@ from .printer import print_graph
 
 @dataclass(frozen=True)
 class Summary:
-    """Ops by kind, parameter count (elements of float constants), weight bytes and MACs."""
+    """Ops by kind, parameter count (elements of constants), weight bytes as stored, MACs."""
 
     ops: dict[str, int]
     params: int
@@ -42,7 +42,7 @@ def summarize(graph: Graph) -> Summary:
     ops = Counter(n.op for n in graph.nodes if n.op not in ("input", "const"))
     consts = [n for n in graph.nodes if n.is_const]
     return Summary(dict(ops), sum(n.type.size for n in consts if n.type.size > 1),
-                   sum(n.type.nbytes for n in consts), sum(macs(n) for n in graph.nodes))
+                   sum(n.stored_nbytes for n in consts), sum(macs(n) for n in graph.nodes))
 
 
 @dataclass

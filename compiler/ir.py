@@ -181,6 +181,13 @@ class Node:
             )
         return data
 
+    @property
+    def stored_nbytes(self) -> int:
+        """Bytes a constant takes as stored (packed codes and LUT for an encoded one; the
+        logical size when its data was not loaded); a value's logical bytes otherwise."""
+        data = self.attrs.get("data") if self.is_const else None
+        return data.nbytes if data is not None else self.type.nbytes
+
     def with_inputs(self, inputs: tuple[Node, ...]) -> Node:
         return replace(self, inputs=inputs)
 

@@ -180,8 +180,7 @@ def simulate(graph: Graph, target) -> SimReport:  # noqa: ANN001 - a npuc.target
     memory: MemoryPlan = plan_memory(graph, by_start)
     latency = max((slot.finish for slot in slots.values()), default=0.0)
     moved = sum(slot.transfer_bytes for slot in slots.values())
-    weights = sum(n.attrs["data"].nbytes if n.attrs.get("data") is not None else n.type.nbytes
-                  for n in graph.nodes if n.is_const)
+    weights = sum(n.stored_nbytes for n in graph.nodes if n.is_const)
     energy = (sum(r.energy_j for r in rows) + target.energy.static_w * latency
               + 2 * moved * target.energy.sram_byte_pj * 1e-12)
     return SimReport(target.name, tuple(rows), round(latency * clock), latency, energy,

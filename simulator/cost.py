@@ -30,8 +30,10 @@ looks them up in its weight path for free; without it they are first decoded to 
 reading the decoded weights through SRAM, all added to the GEMM's time, SRAM bytes and energy
 (the decoder's own occupancy is not scheduled separately). Sub-byte integer weights ("int4", ...)
 whose width the array does not take natively (neither 8 nor `weight_bits`) are unpacked the same
-way, without a LUT. After decoding, LUT weights are int8 values and run at the int8 MAC rate. On
-the DSP or CPU a GEMM on encoded weights decodes inline: one more operation per weight element.
+way, without a LUT, and so are "sparse" (bitmap + nonzero int8) weights on an NPU without zero
+skipping (with it, the array reads them as they are). After decoding, LUT weights are int8 values
+and run at the int8 MAC rate. On the DSP or CPU a GEMM on encoded weights decodes inline: one
+more operation per weight element.
 """
 
 from __future__ import annotations
@@ -145,16 +147,13 @@ def _lut_format(encoding: str) -> bool:
     return encoding == "ternary" or encoding.startswith("palette")
 
 
-def _stored(w: Node) -> int:
-    """Bytes of a constant as stored (packed codes and LUT for an encoded one)."""
-    return w.attrs["data"].nbytes if w.attrs.get("data") is not None else w.type.nbytes
-
-
 def _stored_bits(w: Node) -> int:
     """Bits per element of a constant's stored codes (or values)."""
     encoding = _encoding(w)
     if encoding == "dense":
         return w.dtype.numpy.itemsize * 8  # as numpy holds it (i4 takes a byte)
+    if encoding == "sparse":
+        return 8  # the nonzero values (the bitmap is counted apart)
     if encoding == "ternary":
         return 2
     return int(encoding.removeprefix("palette").removeprefix("int"))
@@ -188,7 +187,7 @@ def weight_density(w: Node) -> float:
 def _streamed(w: Node, npu) -> int:  # noqa: ANN001 - a npuc.targets.NPU
     """Bytes of the weight `w` streamed from DRAM into the NPU: as stored, or with zero skipping
     a bitmap plus the nonzero codes (plus any LUT) when that is smaller."""
-    stored = _stored(w)
+    stored = w.stored_nbytes
     if not npu.zero_skipping:
         return stored
     count = w.type.size
@@ -205,6 +204,8 @@ def _decode_kind(node: Node, npu) -> str | None:  # noqa: ANN001
     encoding = _encoding(w)
     if _lut_format(encoding):
         return None if npu.palette_decode else "lut"
+    if encoding == "sparse":  # a sparsity-aware array reads the bitmap and values itself
+        return None if npu.zero_skipping else "unpack"
     if encoding.startswith("int") and int(encoding[3:]) not in (8, npu.weight_bits):
         return "unpack"
     return None
@@ -237,7 +238,7 @@ def _traffic(node: Node, engine: str, target) -> Traffic:  # noqa: ANN001
     for k, i in enumerate(node.inputs):
         if not i.is_const or (k == 1 and _weight(node) is i):
             continue
-        constants += node.type.nbytes if node.op == "gather" and k == 0 else _stored(i)
+        constants += node.type.nbytes if node.op == "gather" and k == 0 else i.stored_nbytes
     if node.op not in GEMMS:
         activations = sum(i.type.nbytes for i in node.inputs if not i.is_const)
         return stream_traffic(constants, activations + node.type.nbytes, sram)
@@ -247,7 +248,7 @@ def _traffic(node: Node, engine: str, target) -> Traffic:  # noqa: ANN001
     if w is None:
         rhs_bytes, rhs_element = rhs.type.nbytes, rhs.dtype.numpy.itemsize
     else:
-        rhs_bytes = _streamed(w, target.npu) if engine == "npu" else _stored(w)
+        rhs_bytes = _streamed(w, target.npu) if engine == "npu" else w.stored_nbytes
         rhs_element = _stored_bits(w) / 8
     gemm = gemm_traffic(m, k, n, lhs.type.nbytes, rhs_bytes, node.type.nbytes, w is not None,
                         lhs.dtype.numpy.itemsize, rhs_element, sram)

@@ -11,6 +11,9 @@ in two passes over `out`:
    ((code ^ 2^(b-1)) - 2^(b-1)), LUT formats keep the unsigned code;
 2. lookup (ternary and palette only): out[i] = lut[row of i's channel][code], channels taken
    along the weight's quantization axis and split into the LUT's rows as contiguous groups.
+
+"sparse" weights decode in one pass instead: element i is the next stored nonzero value when
+bit i of the bitmap is set, else 0.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ def decode_kernel(node: Node, out: str, ctx: Context) -> Kernel:
     """The `decode` template writing the int8 values of encoded const `node` to `out`."""
     encoding = node.attrs.get("encoding", "dense")
     name, lut, codes = split_payload(node)
+    count = math.prod(node.shape)
+    payload = np.asarray(node.attrs["data"], dtype=np.uint8).ravel()
+    if name == "sparse":
+        stored = ctx.array(payload, "uint8_t", f"{node.loc or 'weight'}: sparse ({count} values)")
+        return Kernel("decode", {"out": out, "payload": stored, "count": count,
+                                 "sparse": {"values_at": -(-count // 8)}, "lut": None})
     if name.startswith("int") and name[3:].isdigit() and 2 <= int(name[3:]) <= 7:
         bits, signed = int(name[3:]), True
     elif name == "ternary":
@@ -39,14 +48,12 @@ def decode_kernel(node: Node, out: str, ctx: Context) -> Kernel:
     else:
         raise UnsupportedError(f"no C decoder for {encoding} weights", op=node.op, loc=node.loc,
                                stage="emit-c")
-    count = math.prod(node.shape)
-    payload = np.asarray(node.attrs["data"], dtype=np.uint8).ravel()
     stored = ctx.array(np.concatenate([payload, np.zeros(1, np.uint8)]), "uint8_t",
                        f"{node.loc or 'weight'}: {encoding} ({count} values)")
     params = {
         "out": out, "payload": stored, "codes_at": payload.size - codes.size, "bits": bits,
         "mask": (1 << bits) - 1, "half": 1 << (bits - 1), "signed": signed,
-        "groups": count // 8, "count": count, "lut": None,
+        "groups": count // 8, "count": count, "lut": None, "sparse": None,
     }
     if lut is not None:
         quant = node.type.quant

@@ -1,4 +1,4 @@
-"""Weight formats for integer-only quantization: int2..int8, ternary and palettized weights.
+"""Weight formats for integer-only quantization: int2..int8, sparse, ternary and palettized.
 
 Every format turns a float weight `w` into a *logical* int8 tensor `values` of w's shape and a
 symmetric per-output-channel `scale` (channels along `axis`), real weight ~ values * scale, so the
@@ -12,6 +12,9 @@ Storage (a C decoder must reproduce `decode` exactly; only integer ops, no round
   bits: a payload of `count` elements is ceil(count*b/8) bytes. The LUT is stored separately.
 - "dense" (int8): the payload is the int8 values' bytes, values in [-127, 127].
 - "int2".."int7": b-bit two's complement values in [-(2^(b-1)-1), 2^(b-1)-1], packed.
+- "sparse": int8 values, compressed: a bitmap of the nonzero elements (1 bit each, packed as
+  above: ceil(count/8) bytes), then the nonzero values' bytes in C order. Pruned weights (most
+  values zero) take about 1/8 + density bytes per weight.
 - "ternary": 2-bit codes 0/1/2 for T = -1/0/+1, packed; lut int8 (C, 4) with row c =
   [round((gamma_c-alpha_c)/s_c), round(gamma_c/s_c), round((gamma_c+alpha_c)/s_c), 0] and
   s_c = (alpha_c+|gamma_c|)/127; the value of an element of channel c is lut[c, code].
@@ -20,7 +23,8 @@ Storage (a C decoder must reproduce `decode` exactly; only integer ops, no round
   value of an element of channel c is lut[c // (C/G), code].
 
 How the values are fitted (rounding here is numpy's round-half-to-even; it never reaches decode):
-- int b: per channel, the clip threshold is the best of a grid of ratios of |w|max (int8: |w|max).
+- int b: per channel, the clip threshold is the best of a grid of ratios of |w|max (int8 and
+  sparse: |w|max).
 - ternary: TernaryLLM's dual learnable ternarization w_c ~ alpha_c*T + gamma_c, alternating
   nearest-level T and least-squares (alpha, gamma); with calibration inputs X, (alpha, gamma) are
   refitted on the layer outputs X(alpha*T + gamma) ~ X w_c (T kept).
@@ -39,12 +43,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ACCEPTED_FORMATS = ("int2..int8, ternary, palette1..palette8, or palette<b>:g<N> "
-                    "(N contiguous groups of channels, one LUT each)")
-_SPEC = re.compile(r"int(?P<int>[2-8])|ternary"
+ACCEPTED_FORMATS = ("int2..int8, sparse (int8, zeros compressed), ternary, palette1..palette8, "
+                    "or palette<b>:g<N> (N contiguous groups of channels, one LUT each)")
+_SPEC = re.compile(r"int(?P<int>[2-8])|ternary|sparse"
                    r"|palette(?P<palette>[1-8])(?::g(?P<groups>[1-9]\d*))?")
-_ENCODING = re.compile(r"dense|int(?P<int>[2-7])|ternary|palette(?P<palette>[1-8])")
-_BITS = {"int": (2, 8), "ternary": (2, 2), "palette": (1, 8)}
+_ENCODING = re.compile(r"dense|int(?P<int>[2-7])|ternary|sparse|palette(?P<palette>[1-8])")
+_BITS = {"int": (2, 8), "sparse": (8, 8), "ternary": (2, 2), "palette": (1, 8)}
 
 # int b < 8: clip thresholds tried, as fractions of each channel's |w|max; they reach down to 0.2
 # because the MSE-optimal clip of a Gaussian channel at 2-3 bits sits near 0.3-0.5 of its max
@@ -57,8 +61,9 @@ _LLOYD_ITERATIONS = 100
 class WeightFormat:
     """How one layer's weights are quantized and stored; `str()` gives the spec back.
 
-    kind "int": bits 2..8; "ternary": bits 2 (the storage width of a code); "palette": bits 1..8
-    (2**bits centroids), with `groups` contiguous channel groups sharing one LUT each.
+    kind "int": bits 2..8; "sparse": bits 8 (int8 values, zeros compressed); "ternary": bits 2
+    (the storage width of a code); "palette": bits 1..8 (2**bits centroids), with `groups`
+    contiguous channel groups sharing one LUT each.
     """
 
     kind: str
@@ -67,7 +72,8 @@ class WeightFormat:
 
     def __post_init__(self) -> None:
         if self.kind not in _BITS:
-            raise ValueError(f"weight format kind {self.kind!r}: expected int, ternary or palette")
+            raise ValueError(f"weight format kind {self.kind!r}: expected int, sparse, ternary or "
+                             "palette")
         lo, hi = _BITS[self.kind]
         if not isinstance(self.bits, int) or not lo <= self.bits <= hi:
             raise ValueError(f"weight format {self.kind}: bits={self.bits!r}, expected {lo}..{hi}")
@@ -77,8 +83,8 @@ class WeightFormat:
             raise ValueError(f"weight format {self.kind}: only palette formats take groups")
 
     def __str__(self) -> str:
-        if self.kind == "ternary":
-            return "ternary"
+        if self.kind in ("ternary", "sparse"):
+            return self.kind
         return f"{self.kind}{self.bits}" + (f":g{self.groups}" if self.groups > 1 else "")
 
     @property
@@ -98,7 +104,7 @@ def parse_weight_format(spec: str | WeightFormat) -> WeightFormat:
         return WeightFormat("int", int(match["int"]))
     if match["palette"]:
         return WeightFormat("palette", int(match["palette"]), int(match["groups"] or 1))
-    return WeightFormat("ternary", 2)
+    return WeightFormat("sparse", 8) if spec == "sparse" else WeightFormat("ternary", 2)
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,9 +190,11 @@ def decode(encoding: str, payload: np.ndarray, lut: np.ndarray | None, shape: tu
     match = _ENCODING.fullmatch(encoding) if isinstance(encoding, str) else None
     if match is None:
         raise ValueError(f"unknown weight encoding {encoding!r}: expected dense, int2..int7, "
-                         "ternary or palette1..palette8")
+                         "sparse, ternary or palette1..palette8")
     if encoding == "dense":
         return unpack_bits(payload, 8, count, signed=True).reshape(shape)
+    if encoding == "sparse":
+        return _unsparse(np.asarray(payload), count).reshape(shape)
     if match["int"]:
         return unpack_bits(payload, int(match["int"]), count, signed=True).reshape(shape)
     bits = 2 if encoding == "ternary" else int(match["palette"])
@@ -202,6 +210,28 @@ def decode(encoding: str, payload: np.ndarray, lut: np.ndarray | None, shape: tu
                          f"{lut.dtype} {lut.shape}; expected int8 "
                          + ("(C, 4)" if encoding == "ternary" else f"(G, {1 << bits}), C % G == 0"))
     return _lookup(lut, codes, shape, axis)
+
+
+def sparse_payload(values: np.ndarray) -> np.ndarray:
+    """The "sparse" storage of int8 values: the packed nonzero bitmap, then the nonzero values."""
+    flat = np.asarray(values, np.int8).ravel()
+    bitmap = np.packbits(flat != 0, bitorder="little")
+    return np.concatenate([bitmap, flat[flat != 0].view(np.uint8)])
+
+
+def _unsparse(payload: np.ndarray, count: int) -> np.ndarray:
+    bitmap_bytes = -(-count // 8)
+    if payload.dtype != np.uint8 or payload.ndim != 1 or payload.size < bitmap_bytes:
+        raise ValueError(f"sparse weight of {count} values: a uint8 payload of at least "
+                         f"{bitmap_bytes} bytes expected, got {payload.dtype} {payload.shape}")
+    keep = np.unpackbits(payload[:bitmap_bytes], bitorder="little")[:count].astype(bool)
+    nonzero = payload[bitmap_bytes:]
+    if nonzero.size != keep.sum():
+        raise ValueError(f"sparse weight: the bitmap marks {int(keep.sum())} nonzero values, the "
+                         f"payload holds {nonzero.size}")
+    out = np.zeros(count, np.int8)
+    out[keep] = nonzero.view(np.int8)
+    return out
 
 
 def _lookup(lut: np.ndarray, codes: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
@@ -245,12 +275,12 @@ def quantize_weight(w: np.ndarray, fmt: WeightFormat | str, *, axis: int = 0,
     x = None if inputs is None else _check_inputs(inputs, rows.shape[1])
     floor = None if min_scale is None else np.broadcast_to(
         np.asarray(min_scale, np.float64), (len(rows),))
-    if fmt.kind == "int":
+    if fmt.kind in ("int", "sparse"):
         values, scale = _fit_int(rows, fmt.bits)
         if floor is not None:
             values, scale = _coarsen(values, scale, floor, (1 << (fmt.bits - 1)) - 1)
         values = _unrows(values, w.shape, axis)
-        payload = pack_bits(values, fmt.bits)
+        payload = sparse_payload(values) if fmt.kind == "sparse" else pack_bits(values, fmt.bits)
         return EncodedWeight(values, scale, fmt.encoding, payload, None, axis)
     if fmt.kind == "ternary":
         codes, lut, scale = _fit_ternary(rows, x)

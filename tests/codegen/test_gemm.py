@@ -160,11 +160,12 @@ def test_every_weight_format(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("name", "target", "fmt"), [
     ("convs", "npu-w4a8", None), ("resnet_basic", "npu-w4a8", None),
     ("convs", "npu-int8", "ternary"), ("sequence", "dsp-int16", "palette4:g2"),
-    ("ops_mix", "npu-int8", "palette4:g8")])
+    ("ops_mix", "npu-int8", "palette4:g8"), ("convs", "soc", "sparse"),
+    ("sequence", "dsp-int16", "sparse")])
 def test_compressed_conv_weights(name: str, target: str, fmt: str | None,
                                  tmp_path: Path) -> None:
     """Decoded weights in every conv form: grouped, depthwise (LUT channels along axis 0) and
-    transposed (along axis 1, permuted while widening)."""
+    transposed (along axis 1, reordered into GEMM rows after decoding)."""
     passes = {"quantize": {"layers": {"*": fmt}}} if fmt else None
     cm, inputs = compiled(name, target, passes)
     assert encodings(cm) == {"int4" if fmt is None else fmt.split(":")[0]}
@@ -272,3 +273,20 @@ def test_conv_geometry(g: dict, target: str) -> None:
     cm = npuc.compile(model, (x,), target=target)
     with tempfile.TemporaryDirectory() as folder:
         assert_bit_exact(cm, [x.numpy() * 1.5], Path(folder))
+
+
+def test_pruned_sparse_weights(tmp_path: Path) -> None:
+    """Magnitude-pruned layers stored sparse: fewer weight bytes in the C, the same outputs."""
+    torch.manual_seed(0)
+    model = Linears().eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            if isinstance(layer, nn.Linear):
+                w = layer.weight
+                w[w.abs() < w.abs().quantile(0.75)] = 0
+    x = torch.randn(3, 600)
+    dense = npuc.compile(model, (x,), target="npu-int8")
+    cm = npuc.compile(model, (x,), target="npu-int8", passes={"quantize": {"weights": "sparse"}})
+    assert encodings(cm) == {"sparse"}
+    assert cm.summary().weight_bytes < 0.5 * dense.summary().weight_bytes
+    assert_bit_exact(cm, [x.numpy() * 1.5], tmp_path)

@@ -22,7 +22,7 @@ from npuc.quant.weights import (
 
 INT_FORMATS = [f"int{b}" for b in range(2, 9)]
 PALETTE_FORMATS = [f"palette{b}" for b in range(1, 9)]
-FORMATS = [*INT_FORMATS, "ternary", *PALETTE_FORMATS]
+FORMATS = [*INT_FORMATS, "sparse", "ternary", *PALETTE_FORMATS]
 SEEDS = st.integers(0, 2**32 - 1)
 
 
@@ -77,8 +77,11 @@ def check_encoded(e: EncodedWeight, w: np.ndarray, axis: int, fmt: WeightFormat)
     assert np.isfinite(e.scale).all() and (e.scale > 0).all()
     assert e.encoding == fmt.encoding
     assert e.payload.dtype == np.uint8 and e.payload.ndim == 1
-    assert e.payload.size == math.ceil(w.size * fmt.bits / 8)  # the LUT is stored apart
-    if fmt.kind == "int":
+    if fmt.kind == "sparse":  # the bitmap, then the nonzero values
+        assert e.payload.size == math.ceil(w.size / 8) + np.count_nonzero(e.values)
+    else:
+        assert e.payload.size == math.ceil(w.size * fmt.bits / 8)  # the LUT is stored apart
+    if fmt.kind in ("int", "sparse"):
         assert e.lut is None
     elif fmt.kind == "ternary":
         assert e.lut is not None and e.lut.dtype == np.int8 and e.lut.shape == (channels, 4)
@@ -215,7 +218,7 @@ def test_min_scale_floors_every_channel(case: tuple[np.ndarray, int], data: st.D
     after = np.moveaxis(got.dequantize(), axis, 0).reshape(channels, -1)
     assert np.all(np.abs(after - before) <= step / 2 * (1 + 1e-9) + 1e-300)
     kept = got.scale == base.scale
-    if fmt.kind == "int":  # LUT groups coarsen together; int channels one by one
+    if fmt.kind in ("int", "sparse"):  # LUT groups coarsen together; int channels one by one
         assert np.array_equal(after[kept], before[kept])
 
 
@@ -461,3 +464,27 @@ def test_bad_specs_name_the_accepted_forms(spec: str) -> None:
 def test_bad_formats_are_refused(kind: str, bits: int, groups: int) -> None:
     with pytest.raises(ValueError, match=kind):
         WeightFormat(kind, bits, groups)
+
+
+# ------------------------------------------------------------------ sparse
+
+
+@given(any_weights(), st.floats(0.0, 1.0))
+def test_sparse_stores_a_bitmap_and_the_nonzero_values(case: tuple[np.ndarray, int],
+                                                       pruned: float) -> None:
+    w, axis = case
+    w = np.where(np.random.default_rng(0).random(w.shape) < pruned, 0.0, w)
+    dense, sparse = quantize_weight(w, "int8", axis=axis), quantize_weight(w, "sparse", axis=axis)
+    assert np.array_equal(sparse.values, dense.values)  # the same int8 values, stored otherwise
+    assert np.array_equal(sparse.scale, dense.scale)
+    assert sparse.nbytes == -(-w.size // 8) + np.count_nonzero(dense.values)
+    assert np.array_equal(decode("sparse", sparse.payload, None, w.shape, axis), dense.values)
+
+
+def test_pruned_weights_compress() -> None:
+    w = np.random.default_rng(1).normal(size=(64, 256))
+    w[np.abs(w) < np.quantile(np.abs(w), 0.8)] = 0  # 80% magnitude pruning
+    sparse = quantize_weight(w, "sparse")
+    assert sparse.nbytes < 0.35 * w.size  # 1/8 bitmap + 20% values
+    with pytest.raises(ValueError, match="bitmap marks"):
+        decode("sparse", sparse.payload[:-1], None, w.shape)

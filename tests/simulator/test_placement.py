@@ -228,7 +228,7 @@ def encoded():  # noqa: ANN201 - weight format -> the qlinear node of a Linear(9
     return {fmt: next(n for n in npuc.compile(model, (x,), target="npu-int8",
                                               passes={"quantize": {"weights": fmt}}).ir.nodes
                       if n.op == "qlinear")
-            for fmt in ("palette4", "int4", "ternary")}
+            for fmt in ("palette4", "int4", "ternary", "sparse")}
 
 
 @pytest.mark.parametrize("fmt", ["palette4", "ternary"])
@@ -274,6 +274,21 @@ def test_sub_byte_weights_are_unpacked_for_an_int8_array(encoded) -> None:  # no
     # the w4 array reads int4 natively: nothing to decode, the flag does not matter
     assert (op_cost("npu", node, w4).seconds
             == op_cost("npu", node, _npu(w4, palette_decode=True)).seconds)
+
+
+def test_sparse_weights_stream_compressed_and_decode_only_without_zero_skipping(
+        encoded) -> None:  # noqa: ANN001
+    node = encoded["sparse"]
+    stored = node.inputs[1].attrs["data"].nbytes
+    n = node.inputs[1].type.size
+    assert stored == -(-n // 8) + np.count_nonzero(node.inputs[1].data)
+    base = npuc.targets.get("npu-int8")
+    reads = op_cost("npu", node, _npu(base, zero_skipping=True))
+    decodes = op_cost("npu", node, _npu(base, zero_skipping=False))
+    assert decodes.sram_bytes - reads.sram_bytes == 2 * n  # decoded int8 out and back
+    assert decodes.seconds > reads.seconds
+    others = sum(i.attrs["data"].nbytes for i in node.inputs[2:] if i.is_const)
+    assert decodes.dram_bytes == stored + others  # the compressed bytes stream either way
 
 
 # ------------------------------------------------------------------ gather
