@@ -47,6 +47,7 @@ from npuc.quant import arith
 
 from ..view import Context, Kernel, ctype, limits
 from . import kernel
+from .elementwise import contiguous
 
 INT32_MAX = (1 << 31) - 1
 TILE_BYTES = 1 << 19  # a row tile of centred activations: 512 KiB, inside L2
@@ -321,14 +322,6 @@ def _geometry(node: Node, transpose: bool) -> Geometry:
                     w.shape[1], w.shape[0] // groups)
 
 
-def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    out, step = [], 1
-    for d in reversed(shape):
-        out.append(step)
-        step *= d
-    return tuple(reversed(out))
-
-
 def _sum(*terms: str | int) -> str:
     """A C sum of the terms, zeros dropped."""
     kept = [str(t) for t in terms if str(t) != "0"]
@@ -344,7 +337,7 @@ def _padded(geo: Geometry, ctx: Context, x: Lhs, sizes: tuple[int, ...], channel
     """A buffer of `channels` channels over `sizes`, filled with `x.pad` (a real zero), holding
     the image's values x - sub at their virtual positions, channel-last when `last` (else
     planar); `channel` is the C expression of the first channel copied."""
-    zs = _strides(sizes)
+    zs = contiguous(sizes)
     loops = []
     for i, (n, s, lo) in enumerate(zip(geo.x, geo.step, geo.lo, strict=True)):
         first = max(0, -(lo // s))
@@ -356,7 +349,7 @@ def _padded(geo: Geometry, ctx: Context, x: Lhs, sizes: tuple[int, ...], channel
     dst = _sum(*at, "c" if last else _times("c", plane))
     src = _sum(_times("n", geo.channels * math.prod(geo.x)),
                _times(f"({_sum(channel, 'c')})", math.prod(geo.x)),
-               *[_times(f"i{i}", st) for i, st in enumerate(_strides(geo.x))])
+               *[_times(f"i{i}", st) for i, st in enumerate(contiguous(geo.x))])
     size = channels * plane * x.size
     return {"ptr": ctx.scratch(size, x.col_t), "bytes": size, "channels": channels,
             "loops": loops, "empty": any(a >= b for _, a, b in loops), "dst": dst, "src": src,
@@ -422,7 +415,7 @@ def _conv(node: Node, ctx: Context, transpose: bool) -> Kernel:
                 "plane": pixels, "image": geo.channels * pixels}
     else:  # im2col from a channel-last, zero-padded (and zero-stuffed) copy of the image
         xp = _padded(geo, ctx, rows_in, geo.virtual, geo.channels, "0", last=True)
-        zs = [st * geo.channels for st in _strides(geo.virtual)]
+        zs = [st * geo.channels for st in contiguous(geo.virtual)]
         q_exprs, div = [], 1
         for i in reversed(range(nsp)):
             expr = f"m / {div}" if div > 1 else "m"
@@ -466,7 +459,7 @@ def _depthwise(node: Node, ctx: Context, geo: Geometry, transpose: bool,
     sizes[-1] = max(sizes[-1], (row - 1) * geo.stride[-1] + (geo.kernel[-1] - 1) *
                     geo.dilation[-1] + 1)
     xp = _padded(geo, ctx, plane, tuple(sizes), 1, "g", last=False)
-    zs = _strides(tuple(sizes))
+    zs = contiguous(tuple(sizes))
     bound = plane.bound * _weight_bound(w) * geo.taps
     acc_t = "int32_t" if bound <= INT32_MAX else "int64_t"
     t = geo.taps
@@ -478,7 +471,7 @@ def _depthwise(node: Node, ctx: Context, geo: Geometry, transpose: bool,
                  *[_times(f"t{i}", geo.dilation[i] * zs[i]) for i in range(nsp)])
     pixels = math.prod(geo.q)
     out_at = _sum(_times("n", node.shape[1] * pixels), _times("o", pixels),
-                  *[_times(f"q{i}", s) for i, s in enumerate(_strides(geo.q)[:-1])])
+                  *[_times(f"q{i}", s) for i, s in enumerate(contiguous(geo.q)[:-1])])
     params = {
         "x": ctx.ptr(x), "y": ctx.ptr(node), "w": ctx.weight(w), "w_t": ctype(w.dtype),
         "x_t": ctype(x.dtype),
