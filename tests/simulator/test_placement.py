@@ -318,10 +318,11 @@ def test_soc_is_a_built_in_npu_dsp_cpu_target() -> None:
     assert soc.npu.zero_skipping
 
 
-def test_every_soc_figure_cites_a_source() -> None:
-    """Each hardware value has a comment on its line, or opens (with the values right above it)
-    right under a comment block."""
-    lines = npuc.targets.get("soc").path.read_text().splitlines()
+@pytest.mark.parametrize("name", npuc.targets.names())
+def test_every_figure_cites_a_source(name: str) -> None:
+    """Each hardware value of a built-in target has a comment on its line, or opens (with the
+    values right above it) right under a comment block."""
+    lines = npuc.targets.get(name).path.read_text().splitlines()
     section = None
     for k, line in enumerate(lines):
         if line.startswith("["):
