@@ -59,10 +59,15 @@ class Array:
 class Layer:
     index: int
     op: str
-    loc: str
+    loc: str  # the module path, safe inside a C comment and a C string literal
     fn: str  # the C function's name
     body: str  # the rendered statements
     stage: str  # "entry" (quantizes an input), "body" or "exit" (dequantizes an output)
+
+
+def c_text(text: str) -> str:
+    """`text` made safe inside a C string literal and a C comment."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("*/", "* /").replace("\n", " ")
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,7 @@ class Context:
             element = _NUMPY[c_type]
             flat = values.ravel().astype(element) if values.size else np.zeros(1, element)
             self.arrays[key] = Array(f"npuc_c{len(self.arrays)}", c_type, flat.size,
-                                     _literal(flat), comment)
+                                     _literal(flat), c_text(comment))
         return self.arrays[key].ref
 
     def scratch(self, nbytes: int, c_type: str) -> str:
@@ -172,8 +177,8 @@ _ROW = 32  # bytes per line of a literal
 
 
 def _literal(flat: np.ndarray) -> str:
-    """The little-endian bytes of `flat` as C string literal lines, 32 bytes a line (no NUL: the
-    byte array is exactly as long as the literal). Vectorised: weights run to tens of MB."""
+    """The little-endian bytes of `flat` as C string literal lines, 32 bytes a line (the byte
+    array has room for the literal's NUL). Vectorised: weights run to tens of MB."""
     data = np.frombuffer(flat.astype(flat.dtype.newbyteorder("<")).tobytes(), np.uint8)
     rows = -(-data.size // _ROW)
     chars = np.full((rows, _ROW, 4), ord(" "), np.uint8)  # the last row's tail: blanks
@@ -250,7 +255,7 @@ def build_view(graph: Graph, target_name: str = "unknown",
             len(graph.users[node.inputs[0]]) == 1
         stage = ("entry" if entry else
                  "exit" if node.op == "dequantize" and node in graph.outputs else "body")
-        layers.append(Layer(index, node.op, node.loc or "", f"npuc_layer{index}",
+        layers.append(Layer(index, node.op, c_text(node.loc or ""), f"npuc_layer{index}",
                             "\n".join(ctx.prelude + [body]), stage))
     ports_in = tuple(_port(graph, n, ctx, i, "input") for i, n in enumerate(inputs))
     ports_out = tuple(_port(graph, n, ctx, i, "output") for i, n in enumerate(graph.outputs))

@@ -24,7 +24,8 @@ their stored width (plus the LUT of a LUT format) when that is smaller than the 
 Without zero skipping nothing changes.
 
 Encoded weights (`encoding` of the constant, see npuc.quant.constants). LUT formats (palette<b>,
-ternary) always stream their stored bytes (packed codes + LUT). With `npu.palette_decode` the NPU
+ternary) stream their stored bytes (packed codes + LUT; with zero skipping the bitmap form above
+when that is smaller). With `npu.palette_decode` the NPU
 looks them up in its weight path for free; without it they are first decoded to int8 on the DSP
 (the CPU if there is no DSP): one operation per weight element over the lanes, plus writing and
 reading the decoded weights through SRAM, all added to the GEMM's time, SRAM bytes and energy

@@ -83,7 +83,10 @@ def heft(graph: Graph, costs: Mapping[Node, Mapping[str, float]], memory,  # noq
 def _place(node: Node, preds: list[Node], seconds: Mapping[str, float],
            slots: Mapping[Node, Slot], free: Mapping[str, float], memory,  # noqa: ANN001
            sram_bytes_per_s: float) -> Slot:
-    """The earliest-finishing slot for `node` over the engines of `seconds`."""
+    """The earliest-finishing slot for `node` over the engines of `seconds`; a view (free
+    everywhere) stays on its producer's engine, so it never moves bytes."""
+    if preds and not any(seconds.values()) and slots[preds[0]].engine in seconds:
+        seconds = {slots[preds[0]].engine: 0.0}
     options: dict[str, Option] = {}
     moves: dict[str, tuple[float, int]] = {}
     for engine, cost in seconds.items():

@@ -7,7 +7,7 @@ and group:
 - rows: the activations into a tile of rows in scratch, each zero-padded to a multiple of
   `VECTOR` terms (`Lhs`): with 8-bit activations and constant weights as unsigned bytes
   x + 128, so each product is u8 x s8 (AVX-512 VNNI's vpdpbusd, which gcc -march=native emits
-  from the plain loop), the zero point returning as a per-channel bias (zp + 128) * sum(w);
+  from the plain loop), the zero point returning as a per-channel bias (zp - sub) * sum(w);
   otherwise centred x - zp, int16 (int32 when that does not fit). A linear's or matmul's rows
   are its input rows; a pointwise conv's are its input columns (a transpose); any other conv's
   are im2col patches in (tap, channel) order, copied as contiguous runs from a channel-last,

@@ -38,47 +38,17 @@ def _table(ctx: Context, name: str, rows: list) -> Base:
     return ("const int32_t", name, ctx.array(np.array(rows, dtype=np.int32).ravel(), "int32_t"))
 
 
-def _pool_rows(size: int, out: int, k: int, stride: int, lo: int, hi: int, dilation: int,
-               include_pad: bool) -> list[tuple[int, int, int]]:
-    """Per output cell along one axis: (first input index, valid taps, divisor)."""
-    rows = []
+def _counts(size: int, out: int, k: int, stride: int, lo: int, hi: int, dilation: int,
+            include_pad: bool) -> list[int]:
+    """An average pool's divisor per output cell along one axis (nn.pool_sum_and_count's)."""
+    counts = []
     for o in range(out):
         taps = [o * stride - lo + j * dilation for j in range(k)]
-        valid = [t for t in taps if 0 <= t < size]
-        count = sum(t < size + hi for t in taps) if include_pad else len(valid)
+        valid = sum(0 <= t < size for t in taps)
+        count = sum(t < size + hi for t in taps) if include_pad else valid
         # a window of padding only sums to 0: any divisor gives the interpreter's 0 // 0 == 0
-        rows.append((valid[0] if valid else 0, len(valid), max(count, 1)))
-    return rows
-
-
-def _pool(node: Node, ctx: Context, rows: list[list[tuple[int, int, int]]],
-          steps: list[int], average: bool) -> Kernel:
-    x = node.inputs[0]
-    in_sp, out_sp = x.shape[2:], node.shape[2:]
-    in_strides, out_strides = contiguous(in_sp), contiguous(out_sp)
-    axes = [{"out": o} for o in out_sp]
-    tables = [_table(ctx, f"window{i}", r) for i, r in enumerate(rows)]
-    at = " + ".join(f"(w{i}[0] + k{i} * {step}) * {s}" if step != 1 else f"(w{i}[0] + k{i}) * {s}"
-                    for i, (step, s) in enumerate(zip(steps, in_strides, strict=True)))
-    params = {"bases": [operand("x", x, ctx), output(node, ctx), *tables],
-              "nc": x.shape[0] * x.shape[1], "x_type": ctype(x.dtype),
-              "y_type": ctype(node.dtype), "in_block": math.prod(in_sp),
-              "out_block": math.prod(out_sp), "axes": axes, "v_at": at,
-              "y_at": " + ".join(f"p{i} * {t}" for i, t in enumerate(out_strides))}
-    if not average:
-        least = 0 if x.dtype == DType.BOOL else int(np.iinfo(x.dtype.numpy).min)
-        params.update(acc_type=ctype(x.dtype), init=lit(least), accumulate="if (v > acc) acc = v",
-                      result="acc")
-        return Kernel("pool", params)
-    window = math.prod(max(r[1] for r in axis) for axis in rows)
-    zp_in, zp_out = per_tensor(x.type)[1], per_tensor(node.type)[1]
-    taps = " * ".join(f"(int64_t)w{i}[1]" for i in range(len(rows)))
-    count = " * ".join(f"(int64_t)w{i}[2]" for i in range(len(rows)))
-    total = f"((int64_t)acc - {taps} * {zp_in})" if zp_in else "(int64_t)acc"
-    lo, hi = limits(node.dtype)
-    params.update(acc_type=sum_type(window, x.dtype), init="0", accumulate="acc += v",
-                  result=f"npuc_clamp(npuc_div_round({total}, {count}) + {zp_out}, {lo}, {hi})")
-    return Kernel("pool", params)
+        counts.append(max(count, 1))
+    return counts
 
 
 @kernel("max_pool", "qavg_pool")
@@ -120,9 +90,8 @@ def _window_pool(node: Node, ctx: Context) -> Kernel:
         return Kernel("window", {**params, "bases": bases})
     # divisors per axis, as nn.pool_sum_and_count counts them; a window of padding sums to 0
     include = a["count_include_pad"]
-    counts = [[r[2] for r in _pool_rows(size[i], out[i], kernel_[i], stride[i], lo[i],
-                                        a["padding"][2 * i + 1], dilation[i], include)]
-              for i in range(nsp)]
+    counts = [_counts(size[i], out[i], kernel_[i], stride[i], lo[i], a["padding"][2 * i + 1],
+                      dilation[i], include) for i in range(nsp)]
     bases += [_table(ctx, f"count{i}", c) for i, c in enumerate(counts)]
     count = " * ".join([f"(int64_t)count{i}[p{i}]" for i in range(nsp - 1)]
                        + [f"(int64_t)count{nsp - 1}[q]"])
@@ -136,11 +105,29 @@ def _window_pool(node: Node, ctx: Context) -> Kernel:
 
 @kernel("qadaptive_avg_pool")
 def _adaptive_pool(node: Node, ctx: Context) -> Kernel:
+    """`ops/pool.c.j2`: each cell's window from a table of (first index, taps) per axis."""
+    x = node.inputs[0]
+    in_sp, out_sp = x.shape[2:], node.shape[2:]
     rows = []
-    for size, out in zip(node.inputs[0].shape[2:], node.shape[2:], strict=True):
+    for size, out in zip(in_sp, out_sp, strict=True):
         bounds = [((o * size) // out, -(-((o + 1) * size) // out)) for o in range(out)]
-        rows.append([(a, b - a, b - a) for a, b in bounds])
-    return _pool(node, ctx, rows, [1] * len(rows), True)
+        rows.append([(a, b - a) for a, b in bounds])
+    in_strides, out_strides = contiguous(in_sp), contiguous(out_sp)
+    zp_in, zp_out = per_tensor(x.type)[1], per_tensor(node.type)[1]
+    taps = " * ".join(f"(int64_t)w{i}[1]" for i in range(len(rows)))
+    total = f"((int64_t)acc - {taps} * {zp_in})" if zp_in else "(int64_t)acc"
+    lo, hi = limits(node.dtype)
+    window = math.prod(max(r[1] for r in axis) for axis in rows)
+    return Kernel("pool", {
+        "bases": [operand("x", x, ctx), output(node, ctx),
+                  *[_table(ctx, f"window{i}", r) for i, r in enumerate(rows)]],
+        "nc": x.shape[0] * x.shape[1], "x_type": ctype(x.dtype), "y_type": ctype(node.dtype),
+        "in_block": math.prod(in_sp), "out_block": math.prod(out_sp),
+        "axes": [{"out": o} for o in out_sp],
+        "v_at": " + ".join(f"(w{i}[0] + k{i}) * {s}" for i, s in enumerate(in_strides)),
+        "y_at": " + ".join(f"p{i} * {t}" for i, t in enumerate(out_strides)),
+        "acc_type": sum_type(window, x.dtype), "init": "0", "accumulate": "acc += v",
+        "result": f"npuc_clamp(npuc_div_round({total}, {taps}) + {zp_out}, {lo}, {hi})"})
 
 
 @kernel("qresize")

@@ -2,9 +2,10 @@
 
 A compressed constant is one `const` node whose type is the logical int8 weight (shape, per-channel
 quantization) and whose `data` is the bytes a device stores: for palettized and ternary weights the
-LUT rows (int8) first, then the packed codes; for sub-byte integers just the packed values (see
-`npuc.quant.weights` for the bit layout). The `encoding` attribute names the format and, for
-LUT formats, the number of LUT rows: "int4", "palette4:g8", "ternary:g64". `node.data` decodes.
+LUT rows (int8) first, then the packed codes; for sub-byte integers just the packed values; for
+"sparse" the nonzero bitmap, then the nonzero values (see `npuc.quant.weights` for the
+layouts). The `encoding` attribute names the format and, for LUT formats, the number of LUT rows:
+"int4", "sparse", "palette4:g8", "ternary:g64". `node.data` decodes.
 """
 
 from __future__ import annotations
