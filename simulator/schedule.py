@@ -14,7 +14,8 @@ rank). Transfers are left out of the rank: they depend on the placement being de
 Placement: each op goes to the engine, among those that support it (the caller only offers
 those), that gives it the earliest finish time given when each engine becomes free and the
 transfers its operands would need there; ties go to the engine listed first (the NPU). Non-
-insertion: an op never fills an idle gap before an engine's last scheduled op. With one engine
+insertion: an op never fills an idle gap before an engine's last scheduled op. A view (no cost
+anywhere) occupies no engine and so stays with its operands. With one engine
 per op (`list_schedule`) this is the plain list schedule. networkx holds the DAG.
 """
 
@@ -72,7 +73,8 @@ def heft(graph: Graph, costs: Mapping[Node, Mapping[str, float]], memory,  # noq
         node = heapq.heappop(ready)[2]
         slots[node] = _place(node, list(dag.predecessors(node)), costs[node], slots, free, memory,
                              sram_bytes_per_s)
-        free[slots[node].engine] = slots[node].finish
+        engine = slots[node].engine
+        free[engine] = max(free.get(engine, 0.0), slots[node].finish)
         for succ in dag.successors(node):
             waiting[succ] -= 1
             if waiting[succ] == 0:
@@ -83,10 +85,10 @@ def heft(graph: Graph, costs: Mapping[Node, Mapping[str, float]], memory,  # noq
 def _place(node: Node, preds: list[Node], seconds: Mapping[str, float],
            slots: Mapping[Node, Slot], free: Mapping[str, float], memory,  # noqa: ANN001
            sram_bytes_per_s: float) -> Slot:
-    """The earliest-finishing slot for `node` over the engines of `seconds`; a view (free
-    everywhere) stays on its producer's engine, so it never moves bytes."""
-    if preds and not any(seconds.values()) and slots[preds[0]].engine in seconds:
-        seconds = {slots[preds[0]].engine: 0.0}
+    """The earliest-finishing slot for `node` over the engines of `seconds`. An op that costs
+    nothing anywhere (a view) occupies no engine: it is done once its operands are there, so
+    it lands where they already are and never moves bytes."""
+    view = not any(seconds.values())
     options: dict[str, Option] = {}
     moves: dict[str, tuple[float, int]] = {}
     for engine, cost in seconds.items():
@@ -94,7 +96,7 @@ def _place(node: Node, preds: list[Node], seconds: Mapping[str, float],
         fits = moved <= memory.sram_bytes
         transfer = 2 * moved / (sram_bytes_per_s if fits else memory.dram_bytes_per_s)
         operands = max((slots[i].finish for i in preds), default=0.0) + transfer
-        start = max(operands, free.get(engine, 0.0))
+        start = operands if view else max(operands, free.get(engine, 0.0))
         options[engine] = Option(operands, start, start + cost)
         moves[engine] = (transfer, moved)
     best = min(options, key=lambda e: options[e].finish)  # first listed wins ties
