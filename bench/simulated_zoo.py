@@ -3,7 +3,7 @@ targets" section of bench/RESULTS.md.
 
     python -m bench.simulated_zoo
 
-For ResNet-18 (1x3x224x224), all-MiniLM-L6-v2 (2x16 tokens) and the digits CNN: each built-in
+For the models of bench/c_latency.py (the digits CNN, ResNet-18, all-MiniLM-L6-v2): each built-in
 target's default pipeline, then `cm.simulate()`: latency, energy, the busiest engine, the
 engines' busy time per unit of latency (above 1: they run at once), the activation arena
 against its lower bound, DRAM bytes, and the wall time of the simulation itself (median of 5).
@@ -17,15 +17,8 @@ import time
 import torch
 
 import npuc
+from bench.c_latency import models
 from bench.results import write_section
-from tests.models import ZOO
-
-
-def models() -> dict[str, tuple]:
-    from examples import digits_cnn
-
-    return {"ResNet-18": ZOO["resnet18"](), "all-MiniLM-L6-v2": ZOO["minilm"](),
-            "digits CNN": digits_cnn.build()}
 
 
 def main() -> None:

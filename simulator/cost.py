@@ -305,13 +305,12 @@ def op_cost(engine: str, node: Node, target) -> OpCost:  # noqa: ANN001
         decode = _decode(node, target)
     elif engine == "dsp":
         lanes = target.dsp.lanes // (2 if wide else 1)
-        ops = (work + _inline_decode(node)) if work else _elements(node) * DSP_WORK.get(node.op, 1)
+        ops = _vector_ops(node, work)
         cycles = math.ceil(ops / lanes)
         util = ops / (lanes * cycles) if cycles else 0.0
         clock = target.dsp.clock_hz
     else:
-        ops = work if work else _elements(node) * DSP_WORK.get(node.op, 1)
-        cycles = math.ceil((ops + _inline_decode(node)) / target.cpu.ops_per_cycle)
+        cycles = math.ceil(_vector_ops(node, work) / target.cpu.ops_per_cycle)
         util = 1.0
         clock = target.cpu.clock_hz
     traffic = _traffic(node, engine, target)
@@ -332,10 +331,13 @@ def op_cost(engine: str, node: Node, target) -> OpCost:  # noqa: ANN001
                   "compute" if compute_s >= memory_s else "memory", util, traffic.describe())
 
 
-def _inline_decode(node: Node) -> int:
-    """Operations a DSP or CPU spends decoding a GEMM's encoded weights as it reads them."""
+def _vector_ops(node: Node, work: int) -> int:
+    """Operations a DSP or CPU does for `node`: a GEMM's MACs plus one per encoded weight
+    element it decodes as it reads them, or `DSP_WORK` operations per element touched."""
+    if not work:
+        return _elements(node) * DSP_WORK.get(node.op, 1)
     w = _weight(node)
-    return w.type.size if w is not None and _encoding(w) != "dense" else 0
+    return work + (w.type.size if w is not None and _encoding(w) != "dense" else 0)
 
 
 def _elements(node: Node) -> int:
