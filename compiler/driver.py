@@ -155,6 +155,11 @@ def compile(model: Any, example_inputs: Sequence[Any] | None = None, target: Any
         if unknown:
             raise TypeError(f"passes: {', '.join(sorted(unknown))} not in {target.name}'s "
                             f"pipeline ({', '.join(target.pipeline)}); pass a list to replace it")
+        for key, options in passes.items():
+            if not isinstance(options, Mapping):
+                raise TypeError(f"passes[{key!r}] must be a dict of options, e.g. "
+                                f"{{'quantize': {{'weights': 'int4'}}}}, got "
+                                f"{type(options).__name__} {options!r}")
         pipeline = [(name, passes.get(name, {})) for name in target.pipeline]
     lowered, records = run_pipeline(graph, pipeline, ctx, verify=debug, on_stage=keep)
     stages["lowered"] = lowered

@@ -22,20 +22,22 @@ import numpy as np
 
 from npuc.interpreter import interpret
 from npuc.ir import Graph, Node
+from npuc.pipeline import CalibrationError
+
+__all__ = ["CalibrationError", "activation_absmax", "activation_minmax", "collect",
+           "range_ratio", "require_calibration", "value_keys"]
 
 Stat = Callable[[np.ndarray], np.ndarray]
 
 
-class CalibrationError(ValueError):
-    """A pass that needs calibration data got none."""
-
-
 def require_calibration(calibration: Sequence[tuple] | None, who: str) -> list[tuple]:
-    """The calibration tuples, or a CalibrationError telling the user how to pass them."""
+    """The calibration tuples, or a CalibrationError telling the user how to pass them (the pass
+    manager refuses passes registered with `calibration=True` before they run; this covers
+    direct calls)."""
     if not calibration:
         raise CalibrationError(
-            f"{who} needs calibration data: npuc.compile(..., calibration=[(x1,), (x2,)]) or "
-            "npuc.passes.apply(g, ..., ctx=PassContext(calibration=[...]))")
+            f"{who} needs calibration data: npuc.passes.apply(g, {who!r}, calibration=[(x1,), "
+            "(x2,), ...]) or npuc.compile(..., calibration=[...])")
     return list(calibration)
 
 

@@ -64,10 +64,11 @@ class Spec:
     quant: QuantParams
 
 
-@register_pass("quantize", exact=False)
+@register_pass("quantize", exact=False, calibration=True, target=True)
 def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
              percentile: float = 99.99, weights: str | None = None,
-             layers: dict | None = None, int16: tuple | list | None = None,
+             layers: dict[str, str] | None = None,
+             int16: tuple[str, ...] | list[str] | None = None,
              activations: str | None = None, bias_correction: bool = True,
              progress: bool | None = None) -> Graph:
     """Calibrate and lower to integer-only ops (W8A8 by default; see the module docstring).
@@ -83,7 +84,7 @@ def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
     defaults: Mapping[str, Any] = getattr(ctx.target, "quantize", None) or {}
     observer = observer or defaults.get("observer", "minmax")
     weights = weights or defaults.get("weights", "int8")
-    wide_ops = frozenset(int16 if int16 is not None else defaults.get("int16", ()))
+    wide_ops = frozenset(check_wide_ops(int16 if int16 is not None else defaults.get("int16", ())))
     activations = activations or defaults.get("activations", "int8")
     if activations not in ("int8", "int16"):
         raise ValueError(f"quantize: activations must be 'int8' or 'int16', got {activations!r}")
@@ -108,6 +109,25 @@ def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
              f"{formats}, observer {observer}{learned}, "
              f"{plural(len(calibration), 'calibration batch', 'calibration batches')}")
     return lowered
+
+
+def check_wide_ops(ops: Iterable[str]) -> list[str]:
+    """The `int16` option's op names, each an op quantize lowers or "output"; else a ValueError
+    naming the unknown ones and the known ones (a str is refused: it is not a list of names)."""
+    if isinstance(ops, str):
+        raise TypeError(f"quantize: int16 is a list of op names, got the str {ops!r}: write "
+                        f"[{ops!r}]")
+    ops = list(ops)
+    known = supported_ops() + ["output"]
+    unknown = [op for op in ops if op not in known]
+    if unknown:
+        import difflib
+
+        close = {op: difflib.get_close_matches(op, known, 1) for op in unknown}
+        guess = "; ".join(f"{op!r}: did you mean {c[0]!r}?" for op, c in close.items() if c)
+        raise ValueError(f"quantize: int16 names unknown op(s) {unknown}"
+                         f"{f' ({guess})' if guess else ''}; known: {', '.join(known)}")
+    return ops
 
 
 class FormatChooser:

@@ -160,7 +160,7 @@ def apply_scales(graph: Graph, scales: dict[Group, np.ndarray]) -> tuple[Graph, 
     return result, final
 
 
-@register_pass("smoothquant")
+@register_pass("smoothquant", calibration=True)
 def smoothquant(graph: Graph, ctx: PassContext, *, alpha: float = 0.5,
                 shared_norms: bool = False) -> Graph:
     """Migrate activation outlier scale into the next linears' weights (SmoothQuant)."""

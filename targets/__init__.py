@@ -161,6 +161,9 @@ def _check(data: dict[str, Any], path: Path) -> None:
             if not isinstance(value, str):
                 raise TargetError(f"{path}: '{key}' must be str")
         elif key == "quantize":
+            if not isinstance(value, dict):
+                raise TargetError(f"{path}: 'quantize' must be a table ([quantize] with keys "
+                                  f"{', '.join(sorted(_QUANTIZE))}), got {value!r}")
             for option, item in value.items():
                 if option not in _QUANTIZE:
                     raise TargetError(f"{path}: unknown key 'quantize.{option}'; expected one "

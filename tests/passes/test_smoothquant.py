@@ -158,11 +158,11 @@ def test_alpha_zero_keeps_activations_and_alpha_one_flattens_them() -> None:
 
 
 def test_needs_calibration() -> None:
-    graph, _ = _outlier_mlp()
-    with pytest.raises(CalibrationError, match="calibration"):
+    graph, calibration = _outlier_mlp()
+    with pytest.raises(CalibrationError, match="pass smoothquant needs calibration"):
         passes.apply(graph, "smoothquant")
     with pytest.raises(ValueError, match="alpha"):
-        passes.apply(graph, "smoothquant", alpha=1.5)
+        passes.apply(graph, "smoothquant", calibration=calibration, alpha=1.5)
 
 
 def test_calibration_helpers() -> None:
