@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,18 @@ class DType(enum.StrEnum):
     @property
     def bits(self) -> int:
         return _BITS[self]
+
+    @property
+    def int_range(self) -> tuple[int, int] | None:
+        """(least, greatest) value of an integer or bool dtype (i4: -8..7); None for floats.
+        Zero points and integer constant data must lie in it."""
+        if self.is_float:
+            return None
+        if self is DType.BOOL:
+            return (0, 1)
+        signed = self.value.startswith("i")
+        return ((-(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1) if signed
+                else (0, (1 << self.bits) - 1))
 
     @staticmethod
     def of(array: np.ndarray) -> DType:
@@ -86,11 +99,29 @@ class QuantParams:
             raise ValueError(f"QuantParams: scales must be positive and finite, got {self.scale}")
 
 
+# The most elements a value may have: sizes are computed in int64 everywhere (numpy, the C).
+MAX_ELEMENTS = 1 << 62
+
+
 @dataclass(frozen=True)
 class TensorType:
+    """A value's shape, dtype and quantization parameters. Dimensions are non-negative ints and
+    zero points lie in the dtype's range (a zero point of 40000 on i8 cannot be represented)."""
+
     shape: tuple[int, ...]
     dtype: DType
     quant: QuantParams | None = None
+
+    def __post_init__(self) -> None:
+        if any(isinstance(d, bool) or int(d) != d or d < 0 for d in self.shape):
+            raise ValueError(f"TensorType: dimensions must be non-negative ints, got {self.shape}")
+        if math.prod(int(d) for d in self.shape) > MAX_ELEMENTS:
+            raise ValueError(f"TensorType: {self.shape} has more than 2**62 elements")
+        limits = DType(self.dtype).int_range if self.quant is not None else None
+        if limits is not None and not all(limits[0] <= z <= limits[1]
+                                          for z in self.quant.zero_point):
+            raise ValueError(f"TensorType: zero point {self.quant.zero_point} outside the range "
+                             f"{limits[0]}..{limits[1]} of {self.dtype}")
 
     @property
     def rank(self) -> int:

@@ -10,11 +10,32 @@ Types carry quantization parameters inline: `tensor<1x8xi8, q<0.05:-3>>` (scale:
 `tensor<8x4xi8, q<axis=0, [0.1, 0.2, ...], [0, 0, ...]>>`. Floats print with repr, so they read
 back exactly. Constants print as a digest unless `constants=True` inlines their data.
 `compiler/parser.py` reads this form back.
+
+What a pass learned and a later pass needs travels in `Graph.meta` and is part of the IR: it
+prints as `meta` statements after the header, one per key (sorted), values in the attribute
+syntax plus dicts `{key = value, ...}`; a dict too long for one line puts one entry per line:
+
+    meta activation_ranges = {
+      "fc1/linear" = [-2.5, 3.125],
+      "act/relu" = [0.0, 4.0]
+    }
+    meta mobilequant = {groups = 1, lr = 0.001, rel_error = 0.0421, steps = 30}
+
+The keys that are part of the IR: "activation_ranges" (mobilequant's learned clipping ranges,
+{value key: (min, max)} by `passes.calibration.value_keys`, which quantize uses instead of its
+observers) and "mobilequant" (its record, and the mark that keeps a second run from starting
+over). Not part of it, and never printed (`TRANSIENT_META`): "float_graph" and "origins", which
+quantize keeps so that `cm.compare` can run the float graph beside the integer one; they hold
+in-memory graphs and nodes and mean nothing once the graph is written out. Any other key must
+be plain data (str, int, float, bool, lists, dicts with str keys) or be listed there: printing
+raises TypeError rather than silently dropping what a later pass may need.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -35,6 +56,8 @@ def format_quant(q: QuantParams) -> str:
 
 
 def format_value(value: Any) -> str:
+    if isinstance(value, np.generic):  # e.g. a float64 statistic: print it as the Python value
+        value = value.item()
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -47,10 +70,42 @@ def format_value(value: Any) -> str:
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, np.ndarray):
         return format_value(value.reshape(-1).tolist())
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError(f"dict keys must be str, got {[type(k).__name__ for k in value]}")
+        return "{" + ", ".join(f"{format_key(k)} = {format_value(v)}"
+                               for k, v in value.items()) + "}"
     raise TypeError(f"cannot print attribute value {value!r}")
 
 
 LEAVES = ("const", "input")
+
+# Graph.meta keys that are in-memory links for cm.compare, not part of the IR (module docstring).
+TRANSIENT_META = frozenset({"float_graph", "origins"})
+META_WIDTH = 100  # a meta statement longer than this prints one dict entry per line
+
+_IDENT = re.compile(r"[A-Za-z_]\w*")
+_KEYWORDS = {"true", "false", "inf", "nan"}
+
+
+def format_key(key: str) -> str:
+    """A dict or meta key: bare when it is a name, else a string literal."""
+    return key if _IDENT.fullmatch(key) and key not in _KEYWORDS else json.dumps(key)
+
+
+def format_meta(key: str, value: Any) -> list[str]:
+    """The `meta key = value` statement(s) of one Graph.meta entry (without indentation)."""
+    try:
+        text = format_value(value)
+    except TypeError as e:
+        raise TypeError(f"graph meta {key!r} cannot be printed ({e}): make it plain data (str, "
+                        "int, float, bool, lists, dicts with str keys) or, if it is not part "
+                        "of the IR, add it to npuc.printer.TRANSIENT_META") from None
+    head = f"meta {format_key(key)} = "
+    if len(head) + len(text) <= META_WIDTH or not isinstance(value, Mapping) or not value:
+        return [head + text]
+    entries = [f"  {format_key(k)} = {format_value(v)}" for k, v in value.items()]
+    return [head + "{", *[e + "," for e in entries[:-1]], entries[-1], "}"]
 
 
 def _names(graph: Graph) -> dict[Node, str]:
@@ -97,6 +152,8 @@ def print_graph(graph: Graph, *, constants: bool = False, locs: bool = True) -> 
     ins = ", ".join(f"{names[n]}: {format_type(n.type)}" for n in graph.inputs)
     outs = ", ".join(format_type(n.type) for n in graph.outputs)
     lines = [f"graph @{graph.name}({ins}) -> ({outs}) {{"]
+    for key in sorted(k for k in graph.meta if k not in TRANSIENT_META):
+        lines.extend("  " + line for line in format_meta(key, graph.meta[key]))
     for node in graph.nodes:
         if node.op != "input":
             lines.append("  " + format_node(node, names, constants=constants, locs=locs))

@@ -28,6 +28,7 @@ def verify(graph: Graph) -> None:
         opdef = OPS.get(node.op)
         if opdef is None:
             raise GraphError(f"{_where(node)}: unknown op '{node.op}'")
+        _verify_quant(node)
         if node.op == "input":
             if id(node) not in declared:
                 raise GraphError(f"dangling value: input {node.attrs.get('name')!r} is used but "
@@ -53,6 +54,19 @@ def verify(graph: Graph) -> None:
     for out in graph.outputs:
         if out.op == "input" and id(out) not in declared:
             raise GraphError("dangling value: an output is an undeclared input")
+
+
+def _verify_quant(node: Node) -> None:
+    """Quantization parameters belong to integer values, one per channel of their axis (the
+    zero points' range is TensorType's own check)."""
+    q, t = node.type.quant, node.type
+    if q is None:
+        return
+    if t.dtype.is_float:
+        raise GraphError(f"{_where(node)}: a {t.dtype} value has quantization parameters")
+    if q.axis is not None and not (0 <= q.axis < t.rank and len(q.scale) == t.shape[q.axis]):
+        raise GraphError(f"{_where(node)}: {len(q.scale)} per-channel scales on axis {q.axis} "
+                         f"of shape {t.shape}")
 
 
 def _verify_const(node: Node) -> None:

@@ -85,3 +85,93 @@ def test_locs_can_be_left_out() -> None:
     text = print_graph(graph, locs=False)
     assert "loc(" not in text
     assert print_graph(npuc.ir.parse(text), locs=False) == text
+
+
+def _one_op(arg_type: str, body: str = "%1 = relu(%x) : {t}", result: str | None = None) -> str:
+    result = result or arg_type
+    return (f"graph @g(%x: {arg_type}) -> ({result}) {{\n  {body.replace('{t}', result)}\n"
+            "  return %1\n}\n")
+
+
+@pytest.mark.parametrize("text, message", [
+    # each of these used to escape as IndexError, RecursionError or OverflowError
+    (_tiny_text().replace("stride = [1, 1]}", "stride = [1, 1}"), "line 3: text ends"),
+    (_tiny_text().replace("keepdim = false", "keepdim ="), "line 5: text ends where a value"),
+    (_tiny_text().replace("groups = 1,", "groups =,"), "line 3: bad value ','"),
+    (_one_op("tensor<2xi8, q<axis=0>>"), "line 1: bad quantization parameters"),
+    (_tiny_text().replace("stride = [1, 1]", "stride = " + "[" * 1000 + "]" * 1000),
+     "line 3: values nested deeper than"),
+    (_one_op("tensor<2xi8>", '%1 = const {data = [1000, 2], digest = "x", encoding = "dense"}'
+             " : {t}"), "line 2: 1000 is out of the range -128..127 of i8"),
+    (_one_op("tensor<2xi64>", '%1 = const {data = [100000000000000000000000, 2], digest = "x",'
+             ' encoding = "dense"} : {t}'), "out of the range"),
+    (_one_op("tensor<2xf16>", '%1 = const {data = [1e6, 2.0], digest = "x", encoding = "dense"}'
+             " : {t}"), "1000000.0 is out of the range of f16"),
+    # and these used to be accepted
+    (_tiny_text().replace("%3 = mean", "%2 = mean").replace("return %2, %3", "return %2, %1"),
+     r"line 5: %2 is defined twice \(first on line 4\)"),
+    (_one_op("tensor<2x3xf32>", "%1 = relu(%x) : tensor<2x3xf32>", result="tensor<3x2xf32>"),
+     "line 1: the header declares results"),
+    (_one_op("tensor<2x3xf32>", "%1 = relu(%x) : tensor<2x3xf32, q<0.5:0>>"),
+     "f32 value has quantization parameters"),
+    (_one_op("tensor<2xi8, q<0.5:40000>>"), "zero point .40000,. outside the range -128..127"),
+    (_one_op("tensor<-2xf32>"), "line 1: bad type 'tensor<-2xf32>'"),
+    (_one_op("tensor<2x3xi8, q<axis=0, [0.5], [0]>>"), "1 per-channel scales on axis 0"),
+    (_one_op("tensor<2xf32>").replace("(%x: tensor<2xf32>)", "(%x: tensor<2xf32>, junk)"),
+     "line 1: bad argument 'junk'"),
+    (_one_op("tensor<2xf32>").replace("}\n", ""), "closing '}' is missing"),
+    (_one_op("tensor<2xf32>") + "%2 = relu(%x)\n", "text after the graph's closing"),
+    (_one_op("tensor<2xf32>", '%1 = input {name = "y"} : {t}'), "declared in the graph's header"),
+])
+def test_malformed_text_is_a_parse_error(text: str, message: str) -> None:
+    with pytest.raises(ParseError, match=message):
+        npuc.ir.parse(text)
+
+
+def test_constructors_and_verifier_reject_unrepresentable_types() -> None:
+    with pytest.raises(ValueError, match="zero point"):
+        TensorType((2,), DType.I8, QuantParams((0.5,), (40000,)))
+    with pytest.raises(ValueError, match="zero point"):
+        TensorType((2,), DType.I4, QuantParams((0.5,), (8,)))
+    with pytest.raises(ValueError, match="non-negative"):
+        TensorType((2, -1), DType.F32)
+    TensorType((2,), DType.U8, QuantParams((0.5,), (255,)))  # the edges are legal
+    x = graph_input("x", TensorType((2, 3), DType.F32))
+    y = make("relu", [x], quant=QuantParams((0.5,), (0,)))  # make cannot tell a float apart
+    with pytest.raises(npuc.ir.GraphError, match="f32 value has quantization"):
+        Graph((x,), (y,)).verify()
+    w = const(np.zeros((2, 3), np.int8), DType.I8, quant=QuantParams((1.0,) * 3, (0,) * 3, 0))
+    with pytest.raises(npuc.ir.GraphError, match="3 per-channel scales on axis 0"):
+        Graph((), (w,)).verify()
+
+
+def test_what_mobilequant_learned_survives_the_dump() -> None:
+    from npuc import passes
+    from tests.passes.test_smoothquant import _outlier_mlp
+
+    graph, calibration = _outlier_mlp()
+    ctx = passes.PassContext(calibration=calibration)
+    learned = passes.apply(graph, "mobilequant", ctx=ctx, steps=3, progress=False)
+    text = print_graph(learned, constants=True)
+    assert "meta activation_ranges = {" in text and "meta mobilequant = {" in text
+    again = npuc.ir.parse(text)
+    assert print_graph(again, constants=True) == text
+    assert again.meta["activation_ranges"] == learned.meta["activation_ranges"]
+    assert again.meta["mobilequant"] == learned.meta["mobilequant"]
+    # the later pass reads them back: quantize gives the same integer graph from either
+    want = passes.apply(learned, "quantize", ctx=ctx)
+    got = passes.apply(again, "quantize", ctx=ctx)
+    assert print_graph(got, constants=True) == print_graph(want, constants=True)
+    plain = passes.apply(graph, "quantize", ctx=ctx)  # the ranges do change the result
+    assert print_graph(plain, constants=True) != print_graph(want, constants=True)
+    # and a second mobilequant still sees its mark
+    assert passes.apply(again, "mobilequant", ctx=ctx, steps=3, progress=False) is again
+
+
+def test_transient_meta_is_left_out_and_unprintable_meta_is_refused() -> None:
+    x = graph_input("x", TensorType((2,), DType.F32))
+    graph = Graph((x,), (make("relu", [x]),), "g", {"origins": {x: x}, "float_graph": None})
+    assert "meta" not in str(graph)
+    bad = Graph((x,), (make("relu", [x]),), "g", {"schedule": {x: 1}})
+    with pytest.raises(TypeError, match="graph meta 'schedule'.*TRANSIENT_META"):
+        str(bad)
