@@ -13,6 +13,7 @@ and values out of range are load errors that name the field and the file.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -144,6 +145,10 @@ def _section(cls: type, table: Any, where: str, path: Path) -> Any:
                 raise TargetError(f"{path}: '{where}.{name}' must be {kind.__name__}, got "
                                   f"{value!r}")
             value = kind(value)
+            # NaN compares false with every bound below, so it would load and give NaN energy
+            if kind is float and not math.isfinite(value):
+                raise TargetError(f"{path}: '{where}.{name}' must be a finite number, got "
+                                  f"{value!r}")
         elif isinstance(value, list):
             value = tuple(value)
         low, choices = f.metadata.get("min"), f.metadata.get("choices")

@@ -85,6 +85,23 @@ def test_target_files_are_validated(tmp_path: Path) -> None:
     assert dsp.npu is None and dsp.dsp.lanes == 128 and dsp.quantize["activations"] == "int16"
 
 
+@pytest.mark.parametrize("line, field", [
+    ("mac_i8_pj = 0.23", "energy.mac_i8_pj"),
+    ("dram_bytes_per_s = 17.0e9", "memory.dram_bytes_per_s"),
+    ("sram_bytes_per_cycle = 128.0", "memory.sram_bytes_per_cycle"),
+    ("clock_hz = 1.0e9", "npu.clock_hz"), ("static_w = 0.05", "energy.static_w")])
+@pytest.mark.parametrize("number", ["nan", "inf", "-inf", "+nan"])
+def test_target_files_reject_non_finite_numbers(tmp_path: Path, line: str, field: str,
+                                                number: str) -> None:
+    text = (ROOT / "targets" / "npu-int8.toml").read_text()
+    assert line in text
+    path = tmp_path / "mine.toml"
+    path.write_text(text.replace(line, f"{line.split(' = ')[0]} = {number}", 1))
+    with pytest.raises(npuc.targets.TargetError,
+                       match=rf"mine.toml: '{field}' must be a finite number"):
+        npuc.targets.load(path)
+
+
 def npuc_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "npuc", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=300)
