@@ -9,7 +9,12 @@
     npuc targets [NAME]
     npuc passes
 
-A factory is a function in a Python file returning `(model, example_inputs)`.
+A factory is a function in a Python file returning `(model, example_inputs)`. `--target` takes a
+built-in target's name or the path of a target file (`my-npu.toml`).
+
+An error prints as one message: the error's own text (an UnsupportedError's op, module and what
+to do; a failed pass's name, cause and the passes before it), exit status 2; an error that is
+npuc's own fault says so, exit status 1. `--debug` shows the full traceback instead.
 """
 
 from __future__ import annotations
@@ -140,7 +145,8 @@ def cmd_emit_c(args: argparse.Namespace) -> int:
 
     model, inputs = load_model(args.model)
     print(f"compiling {args.model} for {args.target} ...", flush=True)
-    cm = npuc.compile(model, inputs, target=args.target, passes=args.passes)
+    cm = npuc.compile(model, inputs, target=args.target, passes=args.passes,
+                      debug=args.debug)
     return emit_and_check(cm, inputs, Path(args.out), check=not args.no_check)
 
 
@@ -152,7 +158,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     model, inputs = load_model(args.model)
     print(f"compiling {args.model} for {args.target} ...", flush=True)
-    report = npuc.compile(model, inputs, target=args.target, passes=args.passes).simulate()
+    report = npuc.compile(model, inputs, target=args.target, passes=args.passes,
+                          debug=args.debug).simulate()
     print(report.to_json() if args.json else report)
     return 0
 
@@ -163,7 +170,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     model, inputs = load_model(args.model)
     print(f"compiling {args.model} for {args.target} (calibrating on the example inputs) ...",
           flush=True)
-    cm = npuc.compile(model, inputs, target=args.target, passes=args.passes)
+    cm = npuc.compile(model, inputs, target=args.target, passes=args.passes,
+                      debug=args.debug)
     print(cm.compare(*inputs))
     return 0
 
@@ -186,12 +194,17 @@ def cmd_passes(args: argparse.Namespace) -> int:
     return 0
 
 
+TARGET_HELP = "a built-in target (npuc targets) or a target file, e.g. my-npu.toml"
+DEBUG_HELP = "verify the graph after every pass; show the full traceback of an error"
+
+
 def _model_command(sub: Any, name: str, help: str, fn: Any) -> argparse.ArgumentParser:
     """A subcommand that compiles a model for a target: its model, --target and --passes."""
     parser = sub.add_parser(name, help=help)
     parser.add_argument("model", help="path/to/file.py:factory or model.pt2")
-    parser.add_argument("--target", default="npu-int8")
+    parser.add_argument("--target", default="npu-int8", help=TARGET_HELP)
     parser.add_argument("--passes", default=None, help="pipeline (default: the target's)")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     parser.set_defaults(fn=fn)
     return parser
 
@@ -201,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compile", help="capture a model, run a pipeline, write the stage dumps")
     c.add_argument("model", help="path/to/file.py:factory or model.pt2")
-    c.add_argument("--target", default="npu-int8")
+    c.add_argument("--target", default="npu-int8", help=TARGET_HELP)
     c.add_argument("--passes", default=None, help='pipeline, e.g. "cse,dce" (default: target\'s)')
     c.add_argument("--out", help="folder for the per-stage IR dumps")
     c.add_argument("--show", nargs="?", const="lowered", metavar="STAGE",
@@ -210,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="run the compiled graph and compare with PyTorch on the example inputs")
     c.add_argument("--tolerance", type=float, default=None,
                    help=f"for --check (default 1e-5 float, {QUANTIZED_TOLERANCE} integer targets)")
-    c.add_argument("--debug", action="store_true", help="verify the graph after every pass")
+    c.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     c.add_argument("--simulate", action="store_true", help="print the simulator's report")
     c.add_argument("--emit-c", metavar="DIR", help="write the C project to DIR, build it, run it "
                    "on the example inputs and check it against the interpreter bit for bit")
@@ -224,16 +237,41 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--out", required=True, help="folder for the C project")
     e.add_argument("--no-check", action="store_true", help="only write the project")
     t = sub.add_parser("targets", help="list the built-in targets or show one")
-    t.add_argument("name", nargs="?")
+    t.add_argument("name", nargs="?", help="a built-in target or a target file (.toml)")
+    t.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     t.set_defaults(fn=cmd_targets)
     p = sub.add_parser("passes", help="list the registered passes")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     p.set_defaults(fn=cmd_passes)
     args = parser.parse_args(argv)
-    from npuc.errors import UnsupportedError
-    from npuc.targets import TargetError
-
+    if args.debug:  # the user asked for the traceback
+        return args.fn(args)
     try:
         return args.fn(args)
-    except (UnsupportedError, TargetError, ValueError) as e:
-        print(f"npuc: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # every error becomes one message; --debug shows where it came from
+        message, status = describe_error(e)
+        print(f"npuc: error: {message}", file=sys.stderr)
+        return status
+
+
+def describe_error(e: BaseException) -> tuple[str, int]:
+    """(message, exit status) for an error that stopped a command: 2 with the error's own text
+    when the user can act on it (an op npuc cannot compile, a bad target, option or input), 1
+    with a request to report it otherwise."""
+    from npuc.errors import UnsupportedError
+    from npuc.pipeline import PassError
+
+    user_errors = (UnsupportedError, ValueError, TypeError, KeyError, OSError)
+    cause = e.__cause__ if isinstance(e, PassError) and e.__cause__ is not None else e
+    if isinstance(e, PassError):
+        text = str(e)  # names the pass, the cause with its type, and the passes run before it
+    elif isinstance(e, KeyError) and e.args:
+        text = str(e.args[0])  # str(KeyError) would quote the message
+    elif isinstance(e, user_errors):
+        text = str(e)
+    else:
+        text = f"{type(e).__name__}: {e}"
+    if isinstance(cause, user_errors):
+        return text, 2
+    return (f"{text}\n  this is an internal error of npuc: rerun with --debug for the traceback "
+            "and please report it"), 1

@@ -234,10 +234,13 @@ def names() -> list[str]:
     return sorted(p.stem for p in _HERE.glob("*.toml"))
 
 
-def get(target: str | Target) -> Target:
-    """A built-in target by name (a Target passes through); unknown names list the known ones."""
+def get(target: str | Path | Target) -> Target:
+    """A built-in target by name, or a target file by its path (a Path, or a str ending in
+    .toml); a Target passes through; unknown names list the known ones."""
     if isinstance(target, Target):
         return target
+    if isinstance(target, Path) or str(target).endswith(".toml"):
+        return load(target)
     if target not in names():
         raise TargetError(f"unknown target {target!r}; built-in targets: {', '.join(names())} "
                           "(or pass npuc.targets.load('my-target.toml'))")

@@ -122,6 +122,13 @@ FACTORY = textwrap.dedent("""
             def forward(self, x):
                 return torch.fft.rfft(x).abs()
         return FFT(), (torch.randn(4, 8),)
+
+    from npuc.passes import register_pass
+
+    @register_pass("explode")
+    def explode(graph, ctx):
+        '''A pass with a bug in it.'''
+        return [][0]
 """)
 
 
@@ -162,6 +169,37 @@ def test_cli_reports_unsupported_ops(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "aten.fft_r2c" in result.stderr or "fft" in result.stderr
     assert "what to do" in result.stderr
+
+
+def test_cli_errors_inside_a_pass_are_one_message(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text(FACTORY)
+    result = npuc_cli("compile", "net.py:build", "--passes", "mobilequant", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("npuc: error: pass mobilequant failed: UnsupportedError")
+    assert "op:     conv" in result.stderr and "what to do:" in result.stderr
+    assert len(result.stderr.splitlines()) <= 6
+    bug = npuc_cli("simulate", "net.py:build", "--passes", "cse,explode", cwd=tmp_path)
+    assert bug.returncode == 1 and "Traceback" not in bug.stderr
+    assert "pass explode failed: IndexError" in bug.stderr and "passes run before it: cse" in \
+        bug.stderr and "internal error of npuc: rerun with --debug" in bug.stderr
+    debug = npuc_cli("compile", "net.py:build", "--passes", "mobilequant", "--debug", cwd=tmp_path)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_cli_target_takes_a_file(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text(FACTORY)
+    text = (ROOT / "targets" / "npu-int8.toml").read_text()
+    (tmp_path / "mine.toml").write_text(text.replace('name = "npu-int8"', 'name = "my-npu"'))
+    result = npuc_cli("compile", "net.py:build", "--target", "mine.toml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "target my-npu:" in result.stdout
+    shown = npuc_cli("targets", "mine.toml", cwd=tmp_path)
+    assert shown.returncode == 0 and shown.stdout.startswith("my-npu:")
+    missing = npuc_cli("simulate", "net.py:build", "--target", "gone.toml", cwd=tmp_path)
+    assert missing.returncode == 2 and "gone.toml" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    assert npuc.targets.get(tmp_path / "mine.toml").name == "my-npu"
 
 
 def test_cli_compiles_a_pt2_file(tmp_path: Path) -> None:
