@@ -60,6 +60,16 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.linalg.norm(got - want) / denom) if denom else float(np.linalg.norm(got))
 
 
+def leaves(outputs: Any) -> list[np.ndarray]:
+    """The arrays of what cm.run returned (an array, a tuple, or a model's dict), in output
+    order: the order torch flattens the model's own outputs in, and the C writes them in."""
+    if isinstance(outputs, dict):
+        return [a for v in outputs.values() for a in leaves(v)]
+    if isinstance(outputs, tuple | list):
+        return [a for v in outputs for a in leaves(v)]
+    return [outputs]
+
+
 def _reference(model: Any, inputs: tuple) -> list[np.ndarray]:
     import torch
 
@@ -91,8 +101,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.emit_c:
         status = emit_and_check(cm, inputs, Path(args.emit_c))
     if args.check:
-        outputs = cm.run(*inputs)
-        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        outputs = leaves(cm.run(*inputs))
         errors = [relative_error(o, r) for o, r in zip(outputs, _reference(model, inputs),
                                                          strict=True)]
         worst = max(errors)
@@ -130,9 +139,8 @@ def emit_and_check(cm: Any, inputs: tuple, out: Path, check: bool = True) -> int
     subprocess.run([str(project / "model"), str(project / "in.bin"), str(project / "out.bin")],
                    check=True)
     got = np.fromfile(project / "out.bin", dtype="<f4")
-    expected = cm.run(*arrays)
-    expected = np.concatenate([np.asarray(e, np.float32).ravel() for e in (
-        expected if isinstance(expected, tuple) else (expected,))])
+    expected = np.concatenate([np.asarray(e, np.float32).ravel()
+                               for e in leaves(cm.run(*arrays))])
     same = got.size == expected.size and np.array_equal(got.view(np.int32),
                                                         expected.view(np.int32))
     print(f"C output vs interpreter: {'bit-identical' if same else 'DIFFERENT'} "

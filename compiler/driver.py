@@ -57,15 +57,26 @@ class CompiledModel:
     def ir(self) -> Graph:
         return self.stages["lowered"]
 
-    def run(self, *inputs: Any, raw: bool = False) -> np.ndarray | tuple[np.ndarray, ...]:
-        """Execute the lowered graph; one array for a single-output model, else a tuple.
-        `raw=True` returns the integer outputs as computed, before the final dequantize."""
+    def run(self, *inputs: Any, raw: bool = False) -> Any:
+        """Execute the lowered graph; one array for a single-output model, else a tuple, or, for
+        a model that returned a dict, the same dict (`ir.meta["output_structure"]`).
+        `raw=True` returns the integer outputs as computed, before the final dequantize.
+        An input with NaN or Inf that the graph quantizes gives a RuntimeWarning naming it:
+        quantize maps NaN to the zero point and saturates infinities, so the outputs would be
+        finite and wrong without a word."""
+        from .interpreter import warn_non_finite_inputs
+        from .ir import unflatten_outputs
+
         graph = self.ir
+        warn_non_finite_inputs(graph, inputs)
         if raw:
             graph = graph.with_outputs(tuple(o.inputs[0] if o.op == "dequantize" else o
                                              for o in graph.outputs))
         outputs = tuple(np.asarray(o, dtype=np.float32) if o.dtype.kind == "f" else o
                         for o in interpret(graph, *inputs))
+        structure = graph.meta.get("output_structure")
+        if structure is not None:
+            return unflatten_outputs(structure, outputs)
         return outputs[0] if len(outputs) == 1 else outputs
 
     def simulate(self) -> Any:

@@ -6,6 +6,7 @@ liveness rather than its size.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -64,3 +65,22 @@ def interpret(graph: Graph, *inputs: object,
             if remaining[i] == 0:
                 del env[i]
     return tuple(env[o] for o in graph.outputs)
+
+
+def warn_non_finite_inputs(graph: Graph, inputs: Sequence[object]) -> None:
+    """A RuntimeWarning for each float input that a `quantize` reads and that holds NaN or Inf
+    (what `cm.run` checks: quantize maps NaN to the zero point and saturates infinities, so an
+    integer graph's outputs stay finite and silently wrong). Float graphs propagate NaN."""
+    if len(inputs) != len(graph.inputs):
+        return  # interpret raises the arity error
+    for node, value in zip(graph.inputs, inputs, strict=True):
+        if not any(user.op == "quantize" for user in graph.users.get(node, ())):
+            continue
+        array = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+        if array.dtype.kind != "f" or np.isfinite(array).all():
+            continue
+        nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+        warnings.warn(f"input {node.attrs['name']!r} holds {nan} NaN and {inf} infinite "
+                      "value(s): the integer graph quantizes NaN to the zero point and "
+                      "saturates infinities, so its outputs are finite but not meaningful",
+                      RuntimeWarning, stacklevel=3)

@@ -343,6 +343,26 @@ class Graph:
         return g
 
 
+def unflatten_outputs(structure: Any, values: tuple[Any, ...]) -> Any:
+    """`values` (one per graph output) arranged as `structure`, the form of
+    `Graph.meta["output_structure"]`: a dict of {name: structure}, a list/tuple of structures,
+    or an int, the index of an output. {"logits": 0, "hidden": 1} -> {"logits": v0, ...}."""
+    if isinstance(structure, Mapping):
+        return {k: unflatten_outputs(v, values) for k, v in structure.items()}
+    if isinstance(structure, list | tuple):
+        return tuple(unflatten_outputs(v, values) for v in structure)
+    return values[structure]
+
+
+def structure_leaves(structure: Any) -> list[Any]:
+    """The leaves of an output structure in order (they must be 0, 1, ... n-1)."""
+    if isinstance(structure, Mapping):
+        return [x for v in structure.values() for x in structure_leaves(v)]
+    if isinstance(structure, list | tuple):
+        return [x for v in structure for x in structure_leaves(v)]
+    return [structure]
+
+
 class GraphError(ValueError):
     """A malformed graph: the message names the offending node."""
 

@@ -21,7 +21,9 @@ syntax plus dicts `{key = value, ...}`; a dict too long for one line puts one en
     }
     meta mobilequant = {groups = 1, lr = 0.001, rel_error = 0.0421, steps = 30}
 
-The keys that are part of the IR: "activation_ranges" (mobilequant's learned clipping ranges,
+The keys that are part of the IR: "output_structure" (set by capture when the model returns a
+dict: its keys and nesting with output indices as leaves, `{logits = 0, hidden = 1}`, which
+`cm.run` returns its outputs in), "activation_ranges" (mobilequant's learned clipping ranges,
 {value key: (min, max)} by `passes.calibration.value_keys`, which quantize uses instead of its
 observers) and "mobilequant" (its record, and the mark that keeps a second run from starting
 over). Not part of it, and never printed (`TRANSIENT_META`): "float_graph" and "origins", which

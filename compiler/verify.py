@@ -7,7 +7,7 @@ attributes, and every node's recorded type is what its op infers from its operan
 
 from __future__ import annotations
 
-from .ir import Graph, GraphError, Node, digest
+from .ir import Graph, GraphError, Node, digest, structure_leaves
 from .ops import OPS
 
 
@@ -54,6 +54,10 @@ def verify(graph: Graph) -> None:
     for out in graph.outputs:
         if out.op == "input" and id(out) not in declared:
             raise GraphError("dangling value: an output is an undeclared input")
+    structure = graph.meta.get("output_structure")
+    if structure is not None and structure_leaves(structure) != list(range(len(graph.outputs))):
+        raise GraphError(f"meta output_structure {structure} does not number the graph's "
+                         f"{len(graph.outputs)} outputs 0, 1, ... in order")
 
 
 def _verify_quant(node: Node) -> None:

@@ -51,6 +51,69 @@ def test_compile_from_calibration_and_custom_passes() -> None:
     assert npuc.compile(model, (x,), target=target).target is target
 
 
+class DictHeads(torch.nn.Module):
+    """A model whose forward returns a dict (as HuggingFace models do), one value nested."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(8, 16)
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        hidden = torch.relu(self.body(x))
+        return {"logits": self.head(hidden), "hidden": hidden,
+                "extra": (hidden.mean(1), {"norm": hidden.sum(1)})}
+
+
+@pytest.mark.parametrize("target", ["npu-int8", "cpu-fp32"])
+def test_dict_outputs_come_back_as_dicts(target: str) -> None:
+    torch.manual_seed(0)
+    model, x = DictHeads().eval(), torch.randn(4, 8)
+    cm = npuc.compile(model, (x,), target=target)
+    assert cm.stages["captured"].meta["output_structure"] == {
+        "logits": 0, "hidden": 1, "extra": [2, {"norm": 3}]}
+    got = cm.run(x)
+    with torch.no_grad():
+        want = model(x)
+    assert list(got) == ["logits", "hidden", "extra"]
+    assert isinstance(got["extra"], tuple) and list(got["extra"][1]) == ["norm"]
+    bound = 0.05 if target == "npu-int8" else 1e-5
+    for g, w in [(got["logits"], want["logits"]), (got["hidden"], want["hidden"]),
+                 (got["extra"][0], want["extra"][0]), (got["extra"][1]["norm"],
+                                                       want["extra"][1]["norm"])]:
+        assert g.shape == tuple(w.shape) and rel_error(g, w.numpy()) <= bound
+    raw = cm.run(x, raw=True)
+    assert list(raw) == ["logits", "hidden", "extra"]
+    # the names are part of the IR: they survive the dump
+    text = print_graph(cm.ir)
+    assert 'meta output_structure = {logits = 0, hidden = 1, extra = [2, {norm = 3}]}' in text
+    assert npuc.ir.parse(text).meta["output_structure"] == {
+        "logits": 0, "hidden": 1, "extra": (2, {"norm": 3})}
+
+
+def test_non_finite_inputs_to_a_quantized_graph_warn() -> None:
+    import warnings
+
+    model, (x,) = ZOO["mlp"]()
+    cm = npuc.compile(model, (x,), target="npu-int8")
+    name = cm.ir.inputs[0].attrs["name"]
+    bad = x.clone()
+    bad[0, 0], bad[1, 2], bad[2, 3] = float("nan"), float("inf"), -float("inf")
+    with pytest.warns(RuntimeWarning, match=rf"input '{name}' holds 1 NaN and 2 infinite"):
+        out = cm.run(bad)
+    assert np.isfinite(out).all()  # what the warning is about: finite, and wrong
+    with pytest.warns(RuntimeWarning, match=name):
+        cm.run(bad.numpy(), raw=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cm.run(x)  # finite inputs: no warning
+    floats = npuc.compile(model, (x,), target="cpu-fp32")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert np.isnan(floats.run(bad)).any()  # a float graph shows the NaN itself
+    assert not [w for w in seen if "holds 1 NaN" in str(w.message)]
+
+
 def test_target_files_are_validated(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\ndescription = "y"\n[compile]\npipelin = ["cse"]\n')
@@ -123,6 +186,17 @@ FACTORY = textwrap.dedent("""
                 return torch.fft.rfft(x).abs()
         return FFT(), (torch.randn(4, 8),)
 
+    def dict_heads():
+        torch.manual_seed(0)
+        class Heads(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = nn.Linear(8, 16)
+            def forward(self, x):
+                h = self.body(x)
+                return {"logits": h.relu(), "hidden": h}
+        return Heads().eval(), (torch.randn(2, 8),)
+
     from npuc.passes import register_pass
 
     @register_pass("explode")
@@ -144,6 +218,9 @@ def test_cli_compile_writes_stages_and_checks(tmp_path: Path) -> None:
     assert str(npuc.ir.parse(text)) == text
     lowered = (tmp_path / "dumps" / "11_lowered.ir").read_text()
     assert "batch_norm" in text and "batch_norm" not in lowered and "qconv" in lowered
+    heads = npuc_cli("compile", "net.py:dict_heads", "--check", cwd=tmp_path)
+    assert heads.returncode == 0, heads.stderr
+    assert "OK" in heads.stdout.splitlines()[-1]
 
 
 def test_cli_compare_lists_the_lossiest_ops(tmp_path: Path) -> None:

@@ -141,6 +141,39 @@ def _untraceable(tracer: str, e: Exception) -> UnsupportedError:
         hint="make forward() traceable (no data-dependent control flow), or try method='auto'")
 
 
+def _output_structure(program: torch.export.ExportedProgram, outputs: int) -> Any:
+    """How forward() arranged its outputs when it returned a dict (at any depth): the same dicts
+    and lists with the index of each output as leaves, e.g. {"logits": 0, "hidden": [1, 2]}, so
+    that `cm.run` can return them the same way. None for a tensor or (nested) tuples of tensors,
+    which come back as the flat tuple they already are."""
+    spec = getattr(program.call_spec, "out_spec", None)
+    if spec is None or spec.num_leaves != outputs:
+        return None
+    tree = torch.utils._pytree.tree_unflatten(list(range(outputs)), spec)
+    found_dict = False
+
+    def plain(value: Any) -> Any:
+        nonlocal found_dict
+        if isinstance(value, dict):
+            found_dict = True
+            keys = [k for k in value if not isinstance(k, str)]
+            if keys:
+                raise UnsupportedError(
+                    f"the model returns a dict with keys that are not strings: {keys}",
+                    stage="capture", hint="name the outputs with str keys")
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        if not isinstance(value, int):
+            raise UnsupportedError(
+                f"the model returns a {type(value).__name__}, a structure npuc cannot return",
+                stage="capture", hint="return a tensor, or tuples, lists or dicts of tensors")
+        return value
+
+    structure = plain(tree)
+    return structure if found_dict else None
+
+
 def module_path(node: torch.fx.Node) -> str:
     stack = node.meta.get("nn_module_stack")
     if not stack:
@@ -169,7 +202,11 @@ class _Importer:
                     self._constant(node, state[lifted[node.name]], lifted[node.name])
                 else:
                     self._input(node)
-        return self._walk(program.graph)
+        graph = self._walk(program.graph)
+        structure = _output_structure(program, len(graph.outputs))
+        if structure is None:
+            return graph
+        return Graph(graph.inputs, graph.outputs, graph.name, {"output_structure": structure})
 
     def _input(self, node: torch.fx.Node) -> None:
         val = node.meta.get("val")
