@@ -114,6 +114,30 @@ def test_non_finite_inputs_to_a_quantized_graph_warn() -> None:
     assert not [w for w in seen if "holds 1 NaN" in str(w.message)]
 
 
+def test_compare_says_when_the_float_reference_is_not_finite() -> None:
+    import warnings
+
+    model, (x,) = ZOO["mlp"]()
+    cm = npuc.compile(model, (x,), target="npu-int8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the NaN input's own warning
+        report = cm.compare(torch.full_like(x, float("nan")))
+        partly = x.clone()
+        partly[0, 0] = float("nan")
+        some = cm.compare(partly)
+    text = str(report)
+    assert "inf dB" not in text and "relative error 0.0000" not in text
+    assert "the output's float reference is not finite (40 NaN/Inf values)" in text
+    assert "check the inputs for NaN/Inf" in text
+    assert all(np.isnan(r.sqnr_db) and np.isnan(r.rel_error) and r.nonfinite for r in report.rows)
+    # one NaN in the input poisons a row of the output: no SQNR is claimed for it either
+    assert some.rows[-1].nonfinite == 10 and np.isnan(some.rows[-1].sqnr_db)
+    assert some.worst(1)[0].nonfinite
+    clean = cm.compare(x)
+    assert all(np.isfinite(r.sqnr_db) and not r.nonfinite for r in clean.rows)
+    assert "not finite" not in str(clean)
+
+
 def test_target_files_are_validated(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\ndescription = "y"\n[compile]\npipelin = ["cse"]\n')
