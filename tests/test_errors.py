@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -93,3 +95,32 @@ def test_random_ops_are_not_frozen_into_constants() -> None:
     with pytest.raises(UnsupportedError, match="random numbers") as info:
         npuc.capture(Noisy(), (torch.randn(2, 3),))
     assert "noise as an input" in str(info.value)
+
+
+@pytest.mark.parametrize("model, x, message, hint", [
+    # a float32 conv fed float64: this used to blame data-dependent control flow
+    (nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8, dtype=torch.float64),
+     "example input 0 is torch.float64, a dtype npuc does not support", r"x\.float\(\)"),
+    (nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8, dtype=torch.float16),
+     "parameters are torch.float32 but its float inputs are torch.float16", r"model\.float\(\)"),
+    (nn.Conv2d(3, 4, 3).double(), torch.randn(1, 3, 8, 8),
+     "parameters are torch.float64, a dtype npuc does not support", r"model\.float\(\)"),
+])
+def test_dtype_problems_are_named_as_such(model: nn.Module, x: torch.Tensor, message: str,
+                                          hint: str) -> None:
+    with pytest.raises(UnsupportedError, match=message) as info:
+        npuc.capture(model, (x,))
+    assert "control flow" not in str(info.value)
+    assert info.value.hint is not None and re.search(hint, info.value.hint)
+
+
+@pytest.mark.parametrize("model, what", [
+    (lambda x: x * 2, "the callable <function"), ("resnet18", "not str"), (None, "not NoneType"),
+    (torch.randn(2, 3), "not Tensor")])
+def test_a_model_that_is_not_a_module_is_a_clear_type_error(model: object, what: str) -> None:
+    for entry in (npuc.capture, npuc.compile):
+        with pytest.raises(TypeError, match="torch.nn.Module or a torch.export.ExportedProgram "
+                                            r"\(npuc.compile also takes an already captured npuc "
+                                            "Graph\\)") as info:
+            entry(model, (torch.randn(2, 3),))
+        assert what in str(info.value)

@@ -80,6 +80,8 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram,
             name: str | None = None) -> Graph:
     """Capture `model` called on `example_inputs` as a float IR graph.
 
+    model: a torch.nn.Module (anything else is a TypeError saying what is accepted).
+
     method: "export" (torch.export), "fx" (torch.fx.symbolic_trace, then export of the traced
     module), or "auto" (export,
     then fx if export fails). The model runs in eval mode; its training flag is restored after.
@@ -89,6 +91,13 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram,
     if isinstance(model, torch.export.ExportedProgram):
         program = model.run_decompositions(_decompositions())
         return _Importer(name or "exported").run_program(program)
+    if not isinstance(model, torch.nn.Module):
+        what = type(model).__name__ if not callable(model) else f"the callable {model!r}"
+        raise TypeError(
+            f"npuc captures a torch.nn.Module or a torch.export.ExportedProgram (npuc.compile also "
+            f"takes an already captured npuc Graph), not {what}"
+            + ("; wrap a function in an nn.Module whose forward() calls it" if callable(model)
+               else ""))
     if example_inputs is None:
         raise TypeError("capture needs example_inputs: a tuple of tensors to trace the model with")
     if method not in ("auto", "export", "fx"):
@@ -97,6 +106,11 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram,
               else (example_inputs,))
     if not all(isinstance(x, torch.Tensor) for x in inputs):
         raise TypeError("example_inputs must be torch tensors (a tuple of them for several inputs)")
+    for i, x in enumerate(inputs):
+        if x.dtype not in _TORCH_DTYPES:
+            raise UnsupportedError(
+                f"example input {i} is {x.dtype}, a dtype npuc does not support", stage="capture",
+                hint=f"pass float32 inputs (x.float()){_AND_MODEL}")
     name = name or type(model).__name__
     was_training = model.training
     model.eval()
@@ -109,6 +123,9 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram,
         model.train(was_training)
 
 
+_AND_MODEL = " and a float32 model (model.float())"
+
+
 def _capture(model: torch.nn.Module, inputs: tuple, method: str, name: str) -> Graph:
     errors: list[str] = []
     if method in ("auto", "export"):
@@ -116,7 +133,7 @@ def _capture(model: torch.nn.Module, inputs: tuple, method: str, name: str) -> G
             program = _export(model, inputs)
         except Exception as e:  # export raises many types; we report them all the same way
             if method == "export":
-                raise _untraceable("torch.export", e) from e
+                raise _untraceable(model, inputs, "torch.export", e) from e
             errors.append(f"torch.export: {type(e).__name__}: {str(e).splitlines()[0]}")
         else:
             return _Importer(name).run_program(program)
@@ -124,21 +141,47 @@ def _capture(model: torch.nn.Module, inputs: tuple, method: str, name: str) -> G
         program = _trace_fx(model, inputs)
     except Exception as e:
         if errors:
+            mismatch = _dtype_mismatch(model, inputs)
             raise UnsupportedError(
-                "the model could not be traced:\n    " + "\n    ".join(errors)
+                "the model could not be traced" + (f": {mismatch}" if mismatch else "")
+                + ":\n    " + "\n    ".join(errors)
                 + f"\n    torch.fx: {type(e).__name__}: {str(e).splitlines()[0]}",
                 stage="capture",
-                hint="make forward() traceable: no data-dependent Python control flow on tensor "
-                     "values; move pre/post-processing out of the model") from e
-        raise _untraceable("torch.fx", e) from e
+                hint=_DTYPE_HINT if mismatch else
+                "make forward() traceable: no data-dependent Python control flow on tensor "
+                "values; move pre/post-processing out of the model") from e
+        raise _untraceable(model, inputs, "torch.fx", e) from e
     return _Importer(name).run_program(program)
 
 
-def _untraceable(tracer: str, e: Exception) -> UnsupportedError:
+_DTYPE_HINT = ("give the model and its inputs the same supported float dtype: model.float() and "
+               "x.float() (float32)")
+
+
+def _dtype_mismatch(model: torch.nn.Module, inputs: tuple) -> str | None:
+    """Why tracing may have failed on dtypes rather than control flow: parameters in a dtype npuc
+    does not support, or float inputs of another dtype than the float parameters (torch then
+    refuses the conv/linear: 'Input type (double) and bias type (float) should be the same')."""
+    params = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+    floats = {x.dtype for x in inputs if x.is_floating_point()}
+    unsupported = sorted(str(d) for d in params if d not in _TORCH_DTYPES)
+    if unsupported:
+        return f"its parameters are {', '.join(unsupported)}, a dtype npuc does not support"
+    if params and floats and params != floats:
+        return (f"its parameters are {', '.join(sorted(map(str, params)))} but its float "
+                f"inputs are {', '.join(sorted(map(str, floats)))}")
+    return None
+
+
+def _untraceable(model: torch.nn.Module, inputs: tuple, tracer: str,
+                 e: Exception) -> UnsupportedError:
+    mismatch = _dtype_mismatch(model, inputs)
     return UnsupportedError(
-        f"{tracer} could not trace the model: {type(e).__name__}: {str(e).splitlines()[0]}",
+        f"{tracer} could not trace the model" + (f" ({mismatch})" if mismatch else "")
+        + f": {type(e).__name__}: {str(e).splitlines()[0]}",
         stage="capture",
-        hint="make forward() traceable (no data-dependent control flow), or try method='auto'")
+        hint=_DTYPE_HINT if mismatch else
+        "make forward() traceable (no data-dependent control flow), or try method='auto'")
 
 
 def _output_structure(program: torch.export.ExportedProgram, outputs: int) -> Any:
