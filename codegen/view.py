@@ -18,13 +18,13 @@ from npuc.errors import UnsupportedError
 from npuc.ir import DType, Graph, Node
 
 ALIGN = 16  # bytes: every arena tensor and scratch block starts on a 16-byte boundary
-CTYPES = {DType.I8: "int8_t", DType.U8: "uint8_t", DType.I16: "int16_t", DType.I32: "int32_t",
-          DType.I64: "int64_t", DType.BOOL: "uint8_t", DType.F32: "float",
-          DType.I4: "int8_t", DType.U4: "uint8_t"}
+CTYPES = {DType.I8: "npuc_i8", DType.U8: "npuc_u8", DType.I16: "npuc_i16", DType.I32: "npuc_i32",
+          DType.I64: "npuc_i64", DType.BOOL: "npuc_u8", DType.F32: "npuc_f32",
+          DType.I4: "npuc_i8", DType.U4: "npuc_u8"}
 
 
-_NUMPY = {"int8_t": np.int8, "uint8_t": np.uint8, "int16_t": np.int16, "int32_t": np.int32,
-          "int64_t": np.int64, "float": np.float32}
+_NUMPY = {"npuc_i8": np.int8, "npuc_u8": np.uint8, "npuc_i16": np.int16, "npuc_i32": np.int32,
+          "npuc_i64": np.int64, "npuc_f32": np.float32}
 
 
 def ctype(dtype: DType) -> str:
@@ -160,7 +160,7 @@ class Context:
             return self.ptr(node)
         from .kernels import decode_weight
 
-        out = self.scratch(node.type.size, "int8_t")
+        out = self.scratch(node.type.size, "npuc_i8")
         self.prelude.append(decode_weight(node, out, self))
         return out
 
@@ -241,7 +241,11 @@ def build_view(graph: Graph, target_name: str = "unknown",
     from .kernels import lower
 
     check_integer(graph)
-    order = [n for n in graph.nodes if not n.is_const]
+    nodes = [n for n in graph.nodes if not n.is_const]
+    stages = {n: _stage(graph, n) for n in nodes}
+    # the order the C runs them in: npuc_run writes every input first, then runs the entry
+    # layers, the body and the exit layers; the memory plan must see that same order
+    order = [n for s in ("input", "entry", "body", "exit") for n in nodes if stages[n] == s]
     plan = _plan(graph, order)
     ctx = Context(plan.offsets, plan.arena)
     inputs = [n for n in order if n.op == "input"]
@@ -251,25 +255,35 @@ def build_view(graph: Graph, target_name: str = "unknown",
             continue
         ctx.begin_layer()
         body = lower(node, ctx)
-        entry = node.op == "quantize" and node.inputs[0].op == "input" and \
-            len(graph.users[node.inputs[0]]) == 1
-        stage = ("entry" if entry else
-                 "exit" if node.op == "dequantize" and node in graph.outputs else "body")
         layers.append(Layer(index, node.op, c_text(node.loc or ""), f"npuc_layer{index}",
-                            "\n".join(ctx.prelude + [body]), stage))
+                            "\n".join(ctx.prelude + [body]), stages[node]))
     ports_in = tuple(_port(graph, n, ctx, i, "input") for i, n in enumerate(inputs))
     ports_out = tuple(_port(graph, n, ctx, i, "output") for i, n in enumerate(graph.outputs))
     return View(target_name, pipeline, plan.arena + ctx.scratch_bytes, plan.lower_bound,
                 tuple(ctx.arrays.values()), tuple(layers), ports_in, ports_out)
 
 
+def _stage(graph: Graph, node: Node) -> str:
+    """"input"; "entry" for the quantize that is an input's only reader (npuc_run_int starts
+    after it); "exit" for a dequantize that is an output read by nothing else (npuc_run_int ends
+    before it); else "body"."""
+    if node.op == "input":
+        return "input"
+    if node.op == "quantize" and node.inputs[0].op == "input" and \
+            len(graph.users[node.inputs[0]]) == 1:
+        return "entry"
+    if node.op == "dequantize" and node in graph.outputs and not graph.users.get(node):
+        return "exit"
+    return "body"
+
+
 def _port(graph: Graph, node: Node, ctx: Context, i: int, kind: str) -> Port:
     integer = node
     if kind == "input":
         users = graph.users.get(node, [])
-        if len(users) == 1 and users[0].op == "quantize":
+        if users and _stage(graph, users[0]) == "entry":
             integer = users[0]
-    elif node.op == "dequantize":
+    elif _stage(graph, node) == "exit":
         integer = node.inputs[0]
     if node.is_const or integer.is_const:
         raise UnsupportedError(f"graph {kind} {i} is a constant", stage="emit-c",

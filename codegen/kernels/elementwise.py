@@ -101,7 +101,7 @@ def requantized(acc: str, real: float, node: Node, zp: int | None = None) -> str
 
 
 def _centred(node: Node, i: int) -> str:
-    return f"((int64_t)v{i} - {per_tensor(node.inputs[i].type)[1]})"
+    return f"((npuc_i64)v{i} - {per_tensor(node.inputs[i].type)[1]})"
 
 
 # -- pure elementwise ---------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def _lut(node: Node, ctx: Context) -> Kernel:
         index = "v0" if x.dtype == DType.U8 else "v0 + 128"
         expr = f"npuc_clamp({name}[{index}], {_limits(node)})"
     else:
-        name = ctx.array(values.astype(np.int32), "int32_t")
+        name = ctx.array(values.astype(np.int32), "npuc_i32")
         expr = f"npuc_clamp(npuc_lookup513(v0, {name}), {_limits(node)})"
     out = Operand(ctx.ptr(node), ctype(node.dtype), 0, contiguous(node.shape))
     operand = Operand(ctx.ptr(x), ctype(x.dtype), 0, contiguous(x.shape))

@@ -52,7 +52,6 @@ from .elementwise import contiguous
 INT32_MAX = (1 << 31) - 1
 TILE_BYTES = 1 << 19  # a row tile of centred activations: 512 KiB, inside L2
 LANES = 8  # a depthwise conv's row accumulators are padded to a multiple of this
-LOCAL_ROW = 1024  # up to this many, a depthwise row accumulator is a local array (registers)
 VECTOR = 16  # GEMM rows (activations and weights) are padded to a multiple of this
 PIXELS = 2  # rows per register block (times 4 channels: 8 accumulators)
 MIN_CHUNK = 64  # int32 partial sums shorter than this: accumulate in int64 instead
@@ -81,7 +80,7 @@ class Lhs:
 
     @property
     def size(self) -> int:
-        return {"uint8_t": 1, "int16_t": 2}.get(self.col_t, 4)
+        return {"npuc_u8": 1, "npuc_i16": 2}.get(self.col_t, 4)
 
 
 def lhs(t: TensorType, constant_weights: bool) -> Lhs:
@@ -89,9 +88,9 @@ def lhs(t: TensorType, constant_weights: bool) -> Lhs:
     zp = per_tensor(t)[1]
     if constant_weights and t.dtype.bits == 8:
         sub = lo  # int8: -128, uint8: 0
-        return Lhs("uint8_t", sub, zp - sub, hi - lo)
+        return Lhs("npuc_u8", sub, zp - sub, hi - lo)
     small = lo - zp >= -32768 and hi - zp <= 32767
-    return Lhs("int16_t" if small else "int32_t", zp, 0, max(abs(lo - zp), abs(hi - zp)))
+    return Lhs("npuc_i16" if small else "npuc_i32", zp, 0, max(abs(lo - zp), abs(hi - zp)))
 
 
 def _weight_bound(w: Node) -> int:
@@ -125,8 +124,8 @@ def plan_dot(k: int, bound: int) -> Dot:
 def _requant_arrays(ctx: Context, real: np.ndarray, channels: int) -> tuple[str, str]:
     real = np.broadcast_to(np.asarray(real, dtype=np.float64), (channels,))
     mult, shift = arith.multipliers(real)
-    return (ctx.array(mult.astype(np.int32), "int32_t", "multipliers"),
-            ctx.array(shift.astype(np.int32), "int32_t", "shifts"))
+    return (ctx.array(mult.astype(np.int32), "npuc_i32", "multipliers"),
+            ctx.array(shift.astype(np.int32), "npuc_i32", "shifts"))
 
 
 def _requant(node: Node, ctx: Context, channels: int, bias: Node | None, real: np.ndarray,
@@ -143,8 +142,8 @@ def _requant(node: Node, ctx: Context, channels: int, bias: Node | None, real: n
         total = -correction.astype(np.int64)
         if bias is not None:
             total = total + np.asarray(bias.data, np.int64).reshape(-1)
-        params.update(bias=ctx.array(total, "int64_t", f"{node.loc or node.op}: bias, zp folded"),
-                      bias_t="int64_t")
+        params.update(bias=ctx.array(total, "npuc_i64", f"{node.loc or node.op}: bias, zp folded"),
+                      bias_t="npuc_i64")
     return params
 
 
@@ -163,19 +162,19 @@ def _weights(ctx: Context, w: Node, rows: int, k: int, x: Lhs,
     kp = _up(k, VECTOR)
     values = np.asarray(w.data, np.int64)
     gemm = order.permute(values) if order is not None else values.reshape(rows, k)
-    params = {"w_t": "int8_t", "wrow": kp, "kp": kp, "reorder": None,
+    params = {"w_t": "npuc_i8", "wrow": kp, "kp": kp, "reorder": None,
               "dot": plan_dot(kp, x.bound * _weight_bound(w)),
               "correction": x.pad * gemm.sum(axis=1)}
     if w.attrs.get("encoding", "dense") == "dense":
         padded = np.zeros((rows, kp), np.int8)
         padded[:, :k] = gemm
-        params["w"] = ctx.array(padded, "int8_t", f"{w.loc or 'weight'}: rows in GEMM order")
+        params["w"] = ctx.array(padded, "npuc_i8", f"{w.loc or 'weight'}: rows in GEMM order")
         return params
     decoded = ctx.weight(w)
     if order is None and kp == k:
         params["w"] = decoded
         return params
-    params["w"] = ctx.scratch(rows * kp, "int8_t")
+    params["w"] = ctx.scratch(rows * kp, "npuc_i8")
     params["reorder"] = {"rows": rows, "k": k, "w": decoded,
                          "src": order.src if order else None,
                          "split": (order.cg, order.taps) if order else None}
@@ -198,7 +197,7 @@ def _qlinear(node: Node, ctx: Context) -> Kernel:
     params = {
         "x": ctx.ptr(x), "x_t": ctype(x.dtype), "y": ctx.ptr(node), "col_t": rows_in.col_t,
         "col": ctx.scratch(tile * kp * rows_in.size, rows_in.col_t),
-        "acc": ctx.scratch(4 * 4 * tile, "int32_t"),
+        "acc": ctx.scratch(4 * 4 * tile, "npuc_i32"),
         "images": 1, "groups": 1, "m": rows, "mt": tile, "og": n_out,
         "fill": {"kind": "rows", "k": k, "sub": rows_in.sub, "row": k, "at": "0"},
         "out": {"image": 0, "o": 1, "m": n_out},
@@ -222,8 +221,8 @@ def _qmatmul(node: Node, ctx: Context) -> Kernel:
     a_at = _batch_offsets(a_shape, batch)
     b_at = _batch_offsets(b_shape, batch)
     left, right = lhs(a.type, constant_weights=False), lhs(b.type, constant_weights=False)
-    col_t = "int32_t" if "int32_t" in (left.col_t, right.col_t) else "int16_t"
-    size = 2 if col_t == "int16_t" else 4
+    col_t = "npuc_i32" if "npuc_i32" in (left.col_t, right.col_t) else "npuc_i16"
+    size = 2 if col_t == "npuc_i16" else 4
     kp = _up(k, VECTOR)
     tile = _tile(m, kp * size)
     s_a, s_b = per_tensor(a.type)[0], per_tensor(b.type)[0]
@@ -232,7 +231,7 @@ def _qmatmul(node: Node, ctx: Context) -> Kernel:
     params = {
         "x": ctx.ptr(a), "x_t": ctype(a.dtype), "y": ctx.ptr(node), "col_t": col_t,
         "col": ctx.scratch(tile * kp * size, col_t),
-        "acc": ctx.scratch(4 * 4 * tile, "int32_t"),
+        "acc": ctx.scratch(4 * 4 * tile, "npuc_i32"),
         "images": images, "groups": 1, "m": m, "mt": tile, "og": n_out,
         "fill": {"kind": "rows", "k": k, "sub": left.sub, "row": k,
                  "at": _offset_expr(ctx, a_at)},
@@ -269,7 +268,7 @@ def _offset_expr(ctx: Context, offsets: np.ndarray) -> str:
     step = int(offsets[1] - offsets[0]) if offsets.size > 1 else 0
     if np.array_equal(offsets, np.arange(offsets.size) * step):
         return f"n * {step}"
-    return f"{ctx.array(offsets.astype(np.int32), 'int32_t', 'batch offsets')}[n]"
+    return f"{ctx.array(offsets.astype(np.int32), 'npuc_i32', 'batch offsets')}[n]"
 
 
 # -- qconv / qconv_transpose ----------------------------------------------------------------------
@@ -437,7 +436,7 @@ def _conv(node: Node, ctx: Context, transpose: bool) -> Kernel:
     params = {
         "x": ctx.ptr(x), "x_t": ctype(x.dtype), "y": ctx.ptr(node), "col_t": col_t,
         "col": ctx.scratch(tile * kp * size, col_t),
-        "acc": ctx.scratch(4 * 4 * tile, "int32_t"),
+        "acc": ctx.scratch(4 * 4 * tile, "npuc_i32"),
         "images": geo.batch, "groups": geo.groups, "m": pixels, "mt": tile, "og": geo.og,
         "fill": fill, "out": {"image": out_channels * pixels, "o": pixels, "m": 1},
         "xp": xp, "per_image": None,
@@ -461,7 +460,7 @@ def _depthwise(node: Node, ctx: Context, geo: Geometry, transpose: bool,
     xp = _padded(geo, ctx, plane, tuple(sizes), 1, "g", last=False)
     zs = contiguous(tuple(sizes))
     bound = plane.bound * _weight_bound(w) * geo.taps
-    acc_t = "int32_t" if bound <= INT32_MAX else "int64_t"
+    acc_t = "npuc_i32" if bound <= INT32_MAX else "npuc_i64"
     t = geo.taps
     widx = f"o * {t} + {t - 1} - tap" if transpose else f"o * {t} + tap"  # transposed: flipped
     tap = "0"
@@ -480,7 +479,9 @@ def _depthwise(node: Node, ctx: Context, geo: Geometry, transpose: bool,
         "og": geo.og, "outer": [(f"q{i}", geo.q[i]) for i in range(nsp - 1)],
         "taps": [(f"t{i}", geo.kernel[i]) for i in range(nsp)], "tap": tap, "widx": widx,
         "start": start, "row": row, "width": geo.q[-1], "step": geo.stride[-1],
-        "acc": ctx.scratch(row * 8, acc_t) if row > LOCAL_ROW else None, "out_at": out_at,
+        # static scratch, never a local array: GCC 12 misplaces such arrays in the red zone
+        # (tests/codegen/compiler_bugs/red_zone_misaligned.c)
+        "acc": ctx.scratch(row * 8, acc_t), "out_at": out_at,
         **requant,
     }
     return Kernel("conv_dw", params)

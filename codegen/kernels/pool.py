@@ -35,7 +35,7 @@ from .reduce import Base, operand, output, sum_type
 
 def _table(ctx: Context, name: str, rows: list) -> Base:
     """A constant int32 table of `rows`, as the local pointer `name`."""
-    return ("const int32_t", name, ctx.array(np.array(rows, dtype=np.int32).ravel(), "int32_t"))
+    return ("const npuc_i32", name, ctx.array(np.array(rows, dtype=np.int32).ravel(), "npuc_i32"))
 
 
 def _counts(size: int, out: int, k: int, stride: int, lo: int, hi: int, dilation: int,
@@ -93,9 +93,9 @@ def _window_pool(node: Node, ctx: Context) -> Kernel:
     counts = [_counts(size[i], out[i], kernel_[i], stride[i], lo[i], a["padding"][2 * i + 1],
                       dilation[i], include) for i in range(nsp)]
     bases += [_table(ctx, f"count{i}", c) for i, c in enumerate(counts)]
-    count = " * ".join([f"(int64_t)count{i}[p{i}]" for i in range(nsp - 1)]
-                       + [f"(int64_t)count{nsp - 1}[q]"])
-    total = f"((int64_t)acc[q] - {lit(math.prod(kernel_) * zp_in)})"
+    count = " * ".join([f"(npuc_i64)count{i}[p{i}]" for i in range(nsp - 1)]
+                       + [f"(npuc_i64)count{nsp - 1}[q]"])
+    total = f"((npuc_i64)acc[q] - {lit(math.prod(kernel_) * zp_in)})"
     lo_y, hi_y = limits(node.dtype)
     params.update(init="0", accumulate="acc[q] += v",
                   result=f"npuc_clamp(npuc_div_round({total}, {count}) + {zp_out}, {lo_y}, "
@@ -114,8 +114,8 @@ def _adaptive_pool(node: Node, ctx: Context) -> Kernel:
         rows.append([(a, b - a) for a, b in bounds])
     in_strides, out_strides = contiguous(in_sp), contiguous(out_sp)
     zp_in, zp_out = per_tensor(x.type)[1], per_tensor(node.type)[1]
-    taps = " * ".join(f"(int64_t)w{i}[1]" for i in range(len(rows)))
-    total = f"((int64_t)acc - {taps} * {zp_in})" if zp_in else "(int64_t)acc"
+    taps = " * ".join(f"(npuc_i64)w{i}[1]" for i in range(len(rows)))
+    total = f"((npuc_i64)acc - {taps} * {zp_in})" if zp_in else "(npuc_i64)acc"
     lo, hi = limits(node.dtype)
     window = math.prod(max(r[1] for r in axis) for axis in rows)
     return Kernel("pool", {
@@ -163,7 +163,7 @@ def _qresize(node: Node, ctx: Context) -> Kernel:
         "out_block": math.prod(out_sp), "axes": axes, "nearest": nearest,
         "v_at": " + ".join(f"i{i}[{'0' if nearest else f'a{i}'}] * {s}"
                            for i, s in enumerate(in_strides)),
-        "weight": " * ".join(f"(int64_t)w{i}[a{i}]" for i in range(len(out_sp))),
+        "weight": " * ".join(f"(npuc_i64)w{i}[a{i}]" for i in range(len(out_sp))),
         "y_at": " + ".join(f"p{i} * {t}" for i, t in enumerate(out_strides)),
         "zp_in": zp_in, "zp_out": zp_out, "den": lit(1 << shift), "lo": out_lo, "hi": out_hi})
 

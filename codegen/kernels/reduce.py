@@ -74,7 +74,7 @@ def index(loops: list[Loop], name: str, which: int = 1) -> str:
 def sum_type(count: int, dtype: DType) -> str:
     """The narrowest C accumulator that holds a sum of `count` values of `dtype`."""
     lo, hi = arith.dtype_range(dtype) if dtype != DType.BOOL else (0, 1)
-    return "int32_t" if count * max(-lo, hi) < 1 << 31 else "int64_t"
+    return "npuc_i32" if count * max(-lo, hi) < 1 << 31 else "npuc_i64"
 
 
 Base = tuple[str, str, str]  # (C pointee type, local name, pointer expression)
@@ -115,7 +115,7 @@ def _qsum(node: Node, ctx: Context) -> Kernel:
     n = math.prod(x.shape[a] for a in node.attrs["axes"])
     (s_in, zp_in), s_out = per_tensor(x.type), per_tensor(node.type)[0]
     real = s_in / ((n if node.op == "qmean" else 1) * s_out)
-    total = f"(int64_t)acc - {lit(n * zp_in)}" if zp_in else "(int64_t)acc"
+    total = f"(npuc_i64)acc - {lit(n * zp_in)}" if zp_in else "(npuc_i64)acc"
     return _reduction(node, ctx, sum_type(n, x.dtype), "0", "acc += v",
                       requantized(f"npuc_sat32({total})", real, node))
 
@@ -133,7 +133,7 @@ def exp_expr(node: Node, table: str, d: str) -> str:
     """C for `quantized.exp_lookup(node, d, table)` (d >= 0, int64)."""
     size = node.inputs[1].type.size
     if size == 256:
-        return f"(int64_t){table}[{d} < 255 ? {d} : 255]"
+        return f"(npuc_i64){table}[{d} < 255 ? {d} : 255]"
     if size != 513:
         raise UnsupportedError(f"an exp table of {size} entries", op=node.op, loc=node.loc,
                                stage="emit-c")
@@ -162,7 +162,7 @@ def _softmax_params(node: Node, ctx: Context) -> dict:
 @kernel("qsoftmax")
 def _qsoftmax(node: Node, ctx: Context) -> Kernel:
     params = _softmax_params(node, ctx)
-    params["bases"].append(("int32_t", "e", ctx.scratch(4 * params["n"], "int32_t")))
+    params["bases"].append(("npuc_i32", "e", ctx.scratch(4 * params["n"], "npuc_i32")))
     params.update(log=False, masked=node.inputs[0].dtype == DType.I16,
                   one=round(1 / per_tensor(node.type)[0]))
     return Kernel("softmax", params)

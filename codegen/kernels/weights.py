@@ -36,7 +36,7 @@ def decode_kernel(node: Node, out: str, ctx: Context) -> Kernel:
     count = math.prod(node.shape)
     payload = np.asarray(node.attrs["data"], dtype=np.uint8).ravel()
     if name == "sparse":
-        stored = ctx.array(payload, "uint8_t", f"{node.loc or 'weight'}: sparse ({count} values)")
+        stored = ctx.array(payload, "npuc_u8", f"{node.loc or 'weight'}: sparse ({count} values)")
         return Kernel("decode", {"out": out, "payload": stored, "count": count,
                                  "sparse": {"values_at": -(-count // 8)}, "lut": None})
     if name.startswith("int") and name[3:].isdigit() and 2 <= int(name[3:]) <= 7:
@@ -48,7 +48,7 @@ def decode_kernel(node: Node, out: str, ctx: Context) -> Kernel:
     else:
         raise UnsupportedError(f"no C decoder for {encoding} weights", op=node.op, loc=node.loc,
                                stage="emit-c")
-    stored = ctx.array(np.concatenate([payload, np.zeros(1, np.uint8)]), "uint8_t",
+    stored = ctx.array(np.concatenate([payload, np.zeros(1, np.uint8)]), "npuc_u8",
                        f"{node.loc or 'weight'}: {encoding} ({count} values)")
     params = {
         "out": out, "payload": stored, "codes_at": payload.size - codes.size, "bits": bits,

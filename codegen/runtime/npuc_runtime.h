@@ -10,6 +10,24 @@
 #include <math.h>
 #include <stdint.h>
 
+/* The element types of generated code. The arena holds tensors of every type in turn, which C's
+ * effective-type rules allow only through character types; GCC and clang give these names the
+ * aliasing of a character type (may_alias), so the code is correct with or without
+ * -fstrict-aliasing (the default at -O2). Compilers without the attribute do no type-based alias
+ * analysis that would need it (MSVC), or must be given -fno-strict-aliasing. */
+#if defined(__GNUC__)
+#define NPUC_MAY_ALIAS __attribute__((__may_alias__))
+#else
+#define NPUC_MAY_ALIAS
+#endif
+typedef int8_t npuc_i8 NPUC_MAY_ALIAS;
+typedef uint8_t npuc_u8 NPUC_MAY_ALIAS;
+typedef int16_t npuc_i16 NPUC_MAY_ALIAS;
+typedef int32_t npuc_i32 NPUC_MAY_ALIAS;
+typedef int64_t npuc_i64 NPUC_MAY_ALIAS;
+typedef uint64_t npuc_u64 NPUC_MAY_ALIAS;
+typedef float npuc_f32 NPUC_MAY_ALIAS;
+
 #define NPUC_INT32_MIN (-2147483647LL - 1)
 #define NPUC_INT32_MAX 2147483647LL
 

@@ -14,23 +14,29 @@ FAST = f"{WARNINGS} -O2"
 SANITIZE = f"{WARNINGS} -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all"
 
 
-def build(project: Path, cflags: str = FAST, cc: str = "gcc") -> Path:
-    """`make` the project with `cc` (failing on any warning) and return the executable."""
+def build(project: Path, cflags: str | None = FAST, cc: str = "gcc",
+          arch: str | None = None) -> Path:
+    """`make` the project with `cc` and return the executable. `cflags` and `arch` override the
+    Makefile's CFLAGS and ARCH (None keeps its defaults: -O3 -march=native, warnings fatal)."""
     if shutil.which(cc) is None:
         raise RuntimeError(f"{cc} is required to build generated C")
-    result = subprocess.run(["make", "-s", "-C", str(project), f"CC={cc}", f"CFLAGS={cflags}",
-                             f"LDFLAGS={cflags if 'sanitize' in cflags else ''}"],
+    overrides = [f"CFLAGS={cflags}", f"LDFLAGS={cflags if 'sanitize' in cflags else ''}"] \
+        if cflags is not None else []
+    overrides += [f"ARCH={arch}"] if arch is not None else []
+    result = subprocess.run(["make", "-s", "-C", str(project), f"CC={cc}", *overrides],
                             capture_output=True, text=True)
     if result.returncode:
         raise AssertionError(f"make failed in {project}:\n{result.stdout}\n{result.stderr}")
     return project / "model"
 
 
-def run(exe: Path, inputs: Sequence[np.ndarray], output_sizes: Sequence[int]) -> list[np.ndarray]:
-    """Run `./model in.bin out.bin` on float32 inputs; the outputs as flat float32 arrays."""
+def run(exe: Path, inputs: Sequence[np.ndarray], output_sizes: Sequence[int],
+        wrapper: Sequence[str] = ()) -> list[np.ndarray]:
+    """Run `./model in.bin out.bin` (under `wrapper`, e.g. valgrind) on float32 inputs; the
+    outputs as flat float32 arrays."""
     folder = exe.parent
     np.concatenate([np.asarray(x, dtype="<f4").ravel() for x in inputs]).tofile(folder / "in.bin")
-    result = subprocess.run([str(exe), str(folder / "in.bin"), str(folder / "out.bin")],
+    result = subprocess.run([*wrapper, str(exe), str(folder / "in.bin"), str(folder / "out.bin")],
                             capture_output=True, text=True, timeout=600)
     if result.returncode:
         raise AssertionError(f"{exe} failed ({result.returncode}):\n{result.stderr[-4000:]}")
@@ -39,13 +45,14 @@ def run(exe: Path, inputs: Sequence[np.ndarray], output_sizes: Sequence[int]) ->
 
 
 def assert_bit_exact(cm, inputs: Sequence[np.ndarray], folder: Path,  # noqa: ANN001
-                     cflags: str = FAST, cc: str = "gcc") -> None:
-    """Emit `cm`, build it with `cc` and `cflags`, run it on `inputs`; every output must equal
-    `cm.run` bit for bit."""
+                     cflags: str | None = FAST, cc: str = "gcc", arch: str | None = None,
+                     wrapper: Sequence[str] = ()) -> None:
+    """Emit `cm`, build it with `cc`, `cflags` and `arch` (see `build`), run it on `inputs`
+    (under `wrapper`); every output must equal `cm.run` bit for bit."""
     project = cm.emit_c(folder)
     expected = cm.run(*inputs)
     expected = expected if isinstance(expected, tuple) else (expected,)
-    got = run(build(project, cflags, cc), inputs, [e.size for e in expected])
+    got = run(build(project, cflags, cc, arch), inputs, [e.size for e in expected], wrapper)
     for i, (e, g) in enumerate(zip(expected, got, strict=True)):
         e = np.asarray(e, dtype=np.float32).ravel()
         mismatch = np.flatnonzero(e.view(np.int32) != g.view(np.int32))

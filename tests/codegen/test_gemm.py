@@ -193,9 +193,9 @@ def test_wide_accumulators(limit: int, name: str, tmp_path: Path,
     assert_bit_exact(cm, inputs, tmp_path)
     code = (tmp_path / "model.c").read_text()
     assert ("kc += 32" in code) == (limit == 1 << 20)  # 2**20 // (255 * 127) = 32 terms
-    assert "int64_t s0_0" in code  # the sums are int64 either way
+    assert "npuc_i64 s0_0" in code  # the sums are int64 either way
     if name == "convs":  # a depthwise row sums 9 taps of at most 255 * 127: int64 below 2**20
-        assert ("int64_t acc[" in code) == (limit == 1 << 10)
+        assert ("npuc_i64 *const acc" in code) == (limit == 1 << 10)
 
 
 def test_sanitizers_are_clean(tmp_path: Path) -> None:

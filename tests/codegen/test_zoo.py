@@ -6,7 +6,6 @@ graph, so each such lowering is built once and the others are checked to emit th
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +75,6 @@ def test_sanitizers_are_clean(name: str, target: str, tmp_path: Path) -> None:
     assert_bit_exact(cm, inputs, tmp_path, cflags=SANITIZE)
 
 
-@pytest.mark.skipif(shutil.which("clang") is None, reason="clang is not installed (.ci/run "
-                    "installs it)")
 @pytest.mark.parametrize("name", ["attention_block", "ops_mix"])
 def test_clang_builds_warning_free(name: str, tmp_path: Path) -> None:
     cm, inputs = compiled(name, "npu-int8")
