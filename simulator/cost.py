@@ -2,8 +2,9 @@
 
 NPU: the integer GEMM ops (qconv, qlinear, qmatmul, qconv_transpose) as im2col GEMMs on the
 systolic array (`systolic.gemm_cycles`), per group, at 8 / weight_bits MACs per PE per cycle and
-`int16_rate` for int16 activations. DSP: every other integer op, `DSP_WORK` operations per
-element over `lanes` (half for int16), and depthwise convs as MACs over lanes. CPU: anything,
+`int16_rate` when the operands it multiplies are int16 (`int16_mode`: never for an int16
+result). DSP: every other integer op, `DSP_WORK` operations per element over `lanes` (half at
+int16, by the same rule), and depthwise convs as MACs over lanes. CPU: anything,
 float included, at `ops_per_cycle`, the same `DSP_WORK` operations per element for integer ops
 (one for float ones). Reshape is a view: free, on any engine; every other data movement is a copy.
 SRAM bandwidth is `sram_bytes_per_cycle` at the clock of the target's first engine (the NPU, else
@@ -95,7 +96,7 @@ def supports(engine: str, node: Node, target=None) -> str | None:  # noqa: ANN00
         if _depthwise(node):
             return "depthwise: one filter per channel starves the array"
         if target is not None and target.npu is not None:
-            if target.npu.int16_rate == 0 and _wide(node):
+            if target.npu.int16_rate == 0 and int16_mode(node):
                 return "int16 activations: the array has no int16 mode"
             if (_decode_kind(node, target.npu) is not None and target.dsp is None
                     and target.cpu is None):
@@ -110,7 +111,23 @@ def _depthwise(node: Node) -> bool:
     return node.op == "qconv" and node.attrs["groups"] > 1 and node.inputs[1].shape[1] == 1
 
 
-def _wide(node: Node) -> bool:
+def int16_mode(node: Node) -> bool:
+    """Whether `node` computes at int16 width: at the NPU's `int16_rate` (refused by an array
+    without an int16 mode), on half the DSP's lanes and at `mac_i16_pj` per MAC.
+
+    A matrix product (qconv, qconv_transpose, qlinear, qmatmul) computes at the width of the
+    operands its MACs multiply, by the integer spec (npuc.ops.quantized): its first two, the
+    activation and the weight (or qmatmul's two activations); never its int32 bias and never its
+    result. The accumulators are int32 whatever the result's width, so an int16 result costs
+    only where it is made and moved: at requantization (the array's output stage) and in the
+    bytes it writes (`tiling`). On npu-int8 quantize rescales an int16 activation to int8 before
+    a GEMM reads it (`integer_lowering.Lowering.gemm_operand`), so every GEMM there multiplies
+    int8 x int8; with `activations = "int16"` (dsp-int16) GEMMs multiply int16 x int8.
+    Any other op computes at the width of the widest value it reads or writes: its lanes hold
+    those elements.
+    """
+    if node.op in GEMMS:
+        return any(i.dtype == DType.I16 for i in node.inputs[:2])
     return any(i.dtype == DType.I16 for i in node.inputs) or node.dtype == DType.I16
 
 
@@ -285,7 +302,7 @@ def op_cost(engine: str, node: Node, target) -> OpCost:  # noqa: ANN001
     if node.op in FREE:
         return OpCost(engine, 0, 0, 0.0, 0, 0, 0.0, "memory", 0.0)
     work = macs(node)
-    wide = _wide(node)
+    wide = int16_mode(node)
     performed = work  # MACs (or ops) the engine actually does
     decode = _Decode(0.0, 0, 0)
     if engine == "npu":
