@@ -27,6 +27,7 @@ value -> the float value it represents), which `CompiledModel.compare` reads.
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -224,6 +225,7 @@ class Stats:
     layer_inputs: dict[Node, np.ndarray]
     channel_means: dict[Node, np.ndarray] = field(default_factory=dict)
     learned: int = 0  # ranges taken from MobileQuant instead of the observers
+    peaks: dict[Node, float] = field(default_factory=dict)  # max finite |value| seen
 
 
 def _channel_axis(layer: Node) -> int:
@@ -244,9 +246,14 @@ def calibrate(graph: Graph, calibration: list[tuple], kind: str, *, percentile: 
     sums: dict[Node, np.ndarray] = {}
     counts: dict[Node, int] = {}
 
+    peaks: dict[Node, float] = {}
+
     def observe(node: Node, value: np.ndarray) -> None:
         if node in observers:
             observers[node].update(value)
+            a = np.asarray(value)
+            peak = float(np.max(np.abs(a), initial=0.0, where=np.isfinite(a)))
+            peaks[node] = max(peaks.get(node, 0.0), peak)
         for layer in readers.get(node, ()):
             channels = np.moveaxis(np.asarray(value, np.float64), _channel_axis(layer), -1)
             flat = channels.reshape(-1, channels.shape[-1])
@@ -272,7 +279,7 @@ def calibrate(graph: Graph, calibration: list[tuple], kind: str, *, percentile: 
     for node in used:
         ranges[node] = tuple(map(float, learned[keys[node]]))
     means = {layer: sums[layer] / max(counts[layer], 1) for layer in sums}
-    return Stats(ranges, sampled, means, len(used))
+    return Stats(ranges, sampled, means, len(used), peaks)
 
 
 def is_mask(node: Node) -> bool:
@@ -318,14 +325,28 @@ def wide_values(graph: Graph, wide_ops: Iterable[str]) -> set[Node]:
     return wide
 
 
-MIN_RANGE = 1e-3  # a constant or all-zero activation still gets a scale a bias can live at
+MIN_RANGE = 1e-3  # an all-zero activation still gets a scale a bias can live at
+# Tiny but real ranges (a layer scaled by 1e-6) keep their own scale; only an all-zero value
+# gets MIN_RANGE. The observers never return a range narrower than their MIN_WIDTH (1e-8): a
+# value whose data spans less than 1/COARSE of its range (there, or after any widening) uses
+# fewer than ~16 of int8's levels, and quantize warns.
+COARSE = 16
 
 
 def _params(lo: float, hi: float, dtype: DType) -> Spec:
     lo, hi = min(lo, 0.0), max(hi, 0.0)
-    if hi - lo < MIN_RANGE:
-        lo, hi = (lo, lo + MIN_RANGE) if lo < 0 else (0.0, MIN_RANGE)
+    if not hi - lo > 0:  # all zero (or no finite data): any scale represents it exactly
+        lo, hi = 0.0, MIN_RANGE
     return Spec(dtype, arith.qparams(lo, hi, dtype, symmetric=dtype == DType.I16))
+
+
+def _warn_tiny(node: Node, lo: float, hi: float, peak: float | None) -> None:
+    span = max(hi, 0.0) - min(lo, 0.0)
+    if peak is not None and 0 < peak * COARSE < span:
+        warnings.warn(f"quantize: {node.op} at {node.loc or '<top level>'} reaches only "
+                      f"{peak:.1e} on the calibration data, too small for its least range "
+                      f"{span:.1e}: it is quantized to a few levels or flushed to zero; "
+                      "rescale the model (e.g. its weights) to larger values", stacklevel=2)
 
 
 SOFTMAX_OUT = {DType.I8: QuantParams((1 / 256,), (-128,)), DType.I16: QuantParams((1 / 32768,),
@@ -357,6 +378,7 @@ def plan(graph: Graph, stats: Stats, wide_ops: Iterable[str],
         elif node.op == "softmax":
             specs[node] = Spec(dtype, SOFTMAX_OUT[dtype])
         else:
+            _warn_tiny(node, *ranges[node], stats.peaks.get(node))
             specs[node] = _params(*ranges[node], dtype)
     return specs
 

@@ -4,9 +4,12 @@ side-by-side numbers with PT2E and onnxruntime are in bench/RESULTS.md, bench/qu
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import npuc
 from examples import digits_cnn, minilm
@@ -73,3 +76,45 @@ def test_minilm_w8a8_accuracy(minilm_data: tuple) -> None:
                    if n.op not in ("input", "quantize", "dequantize", "const"))
     assert {n.dtype for n in cm.ir.nodes if n.op == "qlinear"} <= {DType.I8, DType.I16}
     assert mean_cosine(cm.run(*evaluation), reference) >= 0.99
+
+
+class _Scaled(nn.Module):
+    """Two linears and a ReLU; the first (or the last) layer's weights and bias, and the last
+    bias, scaled by `scale`, so the activations between (or the outputs) are about `scale` in
+    size."""
+
+    def __init__(self, scale: float, last: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 4)
+        with torch.no_grad():
+            layer = self.fc2 if last else self.fc1
+            layer.weight.mul_(scale)
+            layer.bias.mul_(scale)
+            self.fc2.bias.mul_(scale)  # else fc2's bias alone would make the output look right
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize("last", [False, True])
+@pytest.mark.parametrize("scale", [1e-6, 1e-8])
+def test_tiny_activations_are_scaled_not_flushed(scale: float, last: bool) -> None:
+    """A layer whose weights are scaled by 1e-6 (activations about 1e-6, far below the old
+    minimum range of 1e-3) keeps its output: the integer result tracks the float one."""
+    model = _Scaled(scale, last).eval()
+    x = torch.randn(64, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 1e-6 and 1e-8 are resolvable: no warning either
+        cm = npuc.compile(model, (x,))
+    with torch.no_grad():
+        reference = model(x).numpy()
+    got = cm.run(x)
+    assert np.abs(reference).max() > 0
+    assert np.linalg.norm(got - reference) / np.linalg.norm(reference) < 0.02
+
+
+def test_unresolvable_ranges_are_warned_about() -> None:
+    model = _Scaled(1e-13, last=True).eval()
+    with pytest.warns(UserWarning, match="fc2 reaches only .* rescale the model"):
+        npuc.compile(model, (torch.randn(8, 16),))
