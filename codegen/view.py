@@ -81,6 +81,7 @@ class Port:
     int_ctype: str  # the integer API's element type
     int_expr: str  # its integer form's arena pointer (after an entry / before an exit layer)
     shape: tuple[int, ...]
+    limits: tuple[str, str] | None = None  # an integer input's valid values, as float literals
 
 
 @dataclass(frozen=True)
@@ -289,5 +290,11 @@ def _port(graph: Graph, node: Node, ctx: Context, i: int, kind: str) -> Port:
         raise UnsupportedError(f"graph {kind} {i} is a constant", stage="emit-c",
                                hint="fold it into the model")
     name = node.attrs.get("name", f"{kind}{i}") if kind == "input" else f"output{i}"
+    limits = None
+    if kind == "input" and not node.dtype.is_float:  # given as float32: whole numbers it holds
+        from npuc.quant import arith
+
+        lo, hi = (0, 1) if node.dtype == DType.BOOL else arith.dtype_range(node.dtype)
+        limits = (f"{max(lo, -(1 << 31))}.0f", f"{min(hi, (1 << 31) - 1)}.0f")
     return Port(str(name), ctype(node.dtype), node.type.size, ctx.ptr(node), ctype(integer.dtype),
-                ctx.ptr(integer), node.shape)
+                ctx.ptr(integer), node.shape, limits)
