@@ -17,6 +17,7 @@ reduced from the bound input or the constant's data.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,8 +25,8 @@ from npuc.interpreter import interpret
 from npuc.ir import Graph, Node
 from npuc.pipeline import CalibrationError
 
-__all__ = ["CalibrationError", "activation_absmax", "activation_minmax", "collect",
-           "range_ratio", "require_calibration", "value_keys"]
+__all__ = ["CalibrationError", "Profile", "activation_absmax", "activation_minmax",
+           "activation_profiles", "collect", "range_ratio", "require_calibration", "value_keys"]
 
 Stat = Callable[[np.ndarray], np.ndarray]
 
@@ -85,6 +86,39 @@ def activation_minmax(graph: Graph, calibration: Iterable[tuple],
     both = collect(graph, calibration, nodes, _minmax,
                    lambda a, b: np.array([min(a[0], b[0]), max(a[1], b[1])]))
     return {n: (float(v[0]), float(v[1])) for n, v in both.items()}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Per channel (last axis) of one value over the calibration data: max |x|, min and max,
+    and up to `rows` sample rows (every k-th row of each batch), float64."""
+
+    absmax: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    samples: np.ndarray  # (rows, channels)
+
+
+def activation_profiles(graph: Graph, calibration: Iterable[tuple], nodes: Iterable[Node],
+                        rows: int = 512) -> dict[Node, Profile]:
+    """A `Profile` of each node over all calibration inputs (one interpreter run per tuple)."""
+    calibration = list(calibration)
+    per_batch = max(1, rows // max(len(calibration), 1))
+
+    def stat(value: np.ndarray) -> Profile:
+        v = np.asarray(value, np.float64)
+        flat = v.reshape(-1, v.shape[-1] if v.ndim else 1)
+        if not flat.shape[0]:
+            zero = np.zeros(flat.shape[1])
+            return Profile(zero, zero, zero, flat)
+        pick = flat[:: max(1, len(flat) // per_batch)][:per_batch]
+        return Profile(np.abs(flat).max(axis=0), flat.min(axis=0), flat.max(axis=0), pick)
+
+    def combine(a: Profile, b: Profile) -> Profile:
+        return Profile(np.maximum(a.absmax, b.absmax), np.minimum(a.lo, b.lo),
+                       np.maximum(a.hi, b.hi), np.concatenate([a.samples, b.samples])[:rows])
+
+    return collect(graph, calibration, nodes, stat, combine)
 
 
 def range_ratio(absmax: np.ndarray) -> float:

@@ -26,6 +26,7 @@ value -> the float value it represents), which `CompiledModel.compare` reads.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import warnings
 from collections.abc import Iterable, Mapping
@@ -70,20 +71,27 @@ def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
              percentile: float = 99.99, weights: str | None = None,
              layers: dict[str, str] | None = None,
              int16: tuple[str, ...] | list[str] | None = None,
-             activations: str | None = None, bias_correction: bool = True,
+             observers: dict[str, str] | None = None,
+             activations: str | None = None, bias_correction: bool | None = None,
              progress: bool | None = None) -> Graph:
     """Calibrate and lower to integer-only ops (W8A8 by default; see the module docstring).
 
     observer: "minmax" (default), "moving_average", "percentile" or "mse".
+    observers: {op: observer} for the values ops of that kind produce (e.g. {"gelu": "mse"}),
+    overriding `observer` there.
     weights: the weight format of every layer ("int8", "int4".."int2", "ternary", "palette4",
     "palette4:g8", ...); layers: {module-path glob: format} overrides per layer.
     int16: ops whose operands are int16 (default from the target, e.g. softmax, layer_norm).
     activations: "int8" (default: int8, int16 where `int16` says) or "int16" (every activation).
     bias_correction: fold each layer's mean weight-quantization error on the calibration inputs
-    into its bias.
+    into its bias; None (default): measured, kept only if it lowers the output error on the
+    first calibration batch (the means count every position, padded tokens a model ignores
+    included, which can make it hurt: MiniLM with 4-bit weights).
     """
     defaults: Mapping[str, Any] = getattr(ctx.target, "quantize", None) or {}
     observer = observer or defaults.get("observer", "minmax")
+    by_op = check_observers(observers if observers is not None else
+                            defaults.get("observers", {}))
     weights = weights or defaults.get("weights", "int8")
     wide_ops = frozenset(check_wide_ops(int16 if int16 is not None else defaults.get("int16", ())))
     activations = activations or defaults.get("activations", "int8")
@@ -96,20 +104,59 @@ def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
 
     float_graph = prepare(graph)
     stats = calibrate(float_graph, calibration, observer, percentile=percentile,
-                      progress=progress)
+                      progress=progress, by_op=by_op)
     specs = plan(float_graph, stats, wide_ops, everywhere=activations == "int16")
-    if not bias_correction:
-        stats.channel_means.clear()
-    lowered, origins = lower(float_graph, specs, formats, stats,
-                             wide_gemms=activations == "int16")
+    wide_gemms = activations == "int16"
+    without = dataclasses.replace(stats, channel_means={})
+    lowered, origins = lower(float_graph, specs, formats, stats if bias_correction is not False
+                             else without, wide_gemms=wide_gemms)
+    corrected = bias_correction is not False and bool(stats.channel_means)
+    measured = ""
+    if bias_correction is None and corrected:
+        plain = lower(float_graph, specs, formats, without, wide_gemms=wide_gemms)
+        probe = calibration[:1]
+        on, off = (output_error(float_graph, g, probe) for g in (lowered, plain[0]))
+        corrected = on < off
+        measured = (f", bias correction {'on' if corrected else 'off'} (measured: output "
+                    f"rel. error {on:.4f} with, {off:.4f} without)")
+        if not corrected:
+            lowered, origins = plain
     lowered = Graph(lowered.inputs, lowered.outputs, lowered.name,
                     {**graph.meta, "float_graph": float_graph, "origins": origins})
     wide = sum(s.dtype == DType.I16 for s in specs.values())
     learned = f", {stats.learned} learned ranges" if stats.learned else ""
+    mixed = "".join(f", {op} {o}" for op, o in by_op.items())
     ctx.note(f"quantize: {plural(len(specs), 'value')} quantized ({wide} int16), weights "
-             f"{formats}, observer {observer}{learned}, "
-             f"{plural(len(calibration), 'calibration batch', 'calibration batches')}")
+             f"{formats}, observer {observer}{mixed}{learned}, "
+             f"{plural(len(calibration), 'calibration batch', 'calibration batches')}"
+             f"{measured or ('' if corrected else ', no bias correction')}")
     return lowered
+
+
+def output_error(float_graph: Graph, lowered: Graph, probe: list[tuple]) -> float:
+    """Relative error ||q - f|| / ||f|| of the lowered graph's float outputs on `probe`."""
+    num = den = 0.0
+    for inputs in probe:
+        for f, q in zip(interpret(float_graph, *inputs), interpret(lowered, *inputs),
+                        strict=True):
+            f64, q64 = np.asarray(f, np.float64), np.asarray(q, np.float64)
+            if f64.dtype.kind == "f" and np.isfinite(f64).all():
+                num += float(np.sum((q64 - f64) ** 2))
+                den += float(np.sum(f64 ** 2))
+    return (num / den) ** 0.5 if den > 0 else 0.0
+
+
+def check_observers(by_op: Mapping[str, str]) -> dict[str, str]:
+    """The `observers` option: op names quantize lowers, each to a known observer."""
+    from npuc.quant.observers import OBSERVERS
+
+    if not isinstance(by_op, Mapping):
+        raise TypeError(f"quantize: observers is a dict {{op: observer}}, got {by_op!r}")
+    check_wide_ops([op for op in by_op if op != "output"])  # the same op names as int16
+    bad = {op: o for op, o in by_op.items() if o not in OBSERVERS}
+    if bad:
+        raise ValueError(f"quantize: observers {bad}: observers are {', '.join(OBSERVERS)}")
+    return dict(by_op)
 
 
 def check_wide_ops(ops: Iterable[str]) -> list[str]:
@@ -233,11 +280,19 @@ def _channel_axis(layer: Node) -> int:
 
 
 def calibrate(graph: Graph, calibration: list[tuple], kind: str, *, percentile: float = 99.99,
-              progress: bool | None = None, samples: int = 512) -> Stats:
-    """Run `graph` on every calibration tuple, feeding each float value to its own observer."""
-    options = {"percentile": percentile} if kind == "percentile" else {}
+              progress: bool | None = None, samples: int = 512,
+              by_op: Mapping[str, str] | None = None) -> Stats:
+    """Run `graph` on every calibration tuple, feeding each float value to its own observer:
+    `kind`, or `by_op[op]` for the values an op of that kind produces."""
+    by_op = by_op or {}
+
+    def observer_for(node: Node) -> Observer:
+        which = by_op.get(node.op, kind)
+        return make_observer(which, **({"percentile": percentile} if which == "percentile"
+                                       else {}))
+
     watched = [n for n in graph.nodes if n.dtype.is_float and not n.is_const]
-    observers: dict[Node, Observer] = {n: make_observer(kind, **options) for n in watched}
+    observers: dict[Node, Observer] = {n: observer_for(n) for n in watched}
     readers: dict[Node, list[Node]] = {}
     for layer in graph.nodes:
         if layer.op in ("conv", "linear") and layer.inputs[1].is_const:

@@ -9,19 +9,29 @@ After:  %h = linear(%x, %w1 / s[:, None], %b1 / s)   %r = relu(%h)   %y = linear
 with s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) (Xiao et al., SmoothQuant): X_j is channel j of
 the activation the linears read, over the calibration data; W_j the largest |weight| in input
 column j over all those linears. Outlier channels shrink and the weights absorb them, so a
-per-tensor activation quantizer loses less.
+per-tensor activation quantizer loses less. Option `alpha`: a number in [0, 1] for every group,
+or None (the default): per group, the alpha of ALPHAS whose s gives the least quantization error
+of the group's linears on sampled calibration rows (activation per tensor over its calibrated
+range, weights per output channel, as `quantize` stores them, at the widths the target's
+[quantize] table gives: W8A8 on npu-int8, W4A8 on npu-w4a8, W8A16 on dsp-int16), and no
+smoothing at all for a group where no alpha beats leaving it alone. The search repeats from the
+smoothed state until no alpha helps any more, so its result is its own fixed point and the pass
+stays idempotent.
 
 A group is a producer (layer_norm over the last axis with constant gamma/beta, or a linear with
 constant weights) whose value -- possibly through relu/leaky_relu -- is read only by linears, as
-their input 0, and is not a graph output. Option `shared_norms` also takes a layer_norm that other
-ops read too (a post-norm residual add): its linears then read a smoothed copy of the layer_norm
-and the other readers keep the original (one extra layer_norm per group, bit-identical residual).
+their input 0, and is not a graph output. Option `shared_norms` (default True) also takes a
+layer_norm that other ops read too (a post-norm residual add, as in BERT): its linears then read a
+smoothed copy of the layer_norm and the other readers keep the original (one extra layer_norm per
+group, bit-identical residual).
 Groups are solved consumers-first, each from the weights left by the groups after it, which makes
 the transform a fixed point: run again, every s is 1 (within 1e-3, which snaps to exactly 1).
 
 Requires: calibration data in the PassContext; float weights. Ensures: the same function within
 float rounding; per-channel activation ranges evened out (the note reports max/median channel
-absmax before and after, averaged over smoothed activations); idempotent.
+absmax before and after, averaged over smoothed activations, and the alphas used); a graph with
+nothing to smooth, or where smoothing would not lower the error, is returned unchanged (the same
+object); idempotent.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ from npuc.ops import make
 from npuc.pipeline import PassContext, plural, register_pass
 from npuc.rewrite import rewrite
 
-from .calibration import activation_absmax, range_ratio, require_calibration
+from .calibration import Profile, activation_profiles, range_ratio, require_calibration
 from .channel_affine import fold_input_affine, fold_output_affine, is_layer
 
 HOMOGENEOUS = ("relu", "leaky_relu")  # f(x / s) == f(x) / s for every s > 0
@@ -98,21 +108,103 @@ def column_absmax(groups: list[Group], scales: dict[Group, np.ndarray]) -> dict[
     return result
 
 
+ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)  # searched when alpha is None
+MARGIN = 1e-3  # a searched s must beat no smoothing by this much (relative): float noise won't
+MAX_ROUNDS = 16  # search rounds per group (each lowers the error by MARGIN at least)
+
+
+def consumer_weights(g: Group, scales: dict[Group, np.ndarray]) -> np.ndarray:
+    """The group's consumers' weights stacked (sum of outputs x channels), float64, as they
+    stand after the row scaling of the groups in `scales` that they produce."""
+    row = {x.producer: s for x, s in scales.items() if x.producer.op == "linear"}
+    return np.concatenate([c.inputs[1].data.astype(np.float64)
+                           / row.get(c, np.ones(c.shape[-1]))[:, None] for c in g.consumers])
+
+
+def w8a8_error(profile: Profile, w: np.ndarray, s: np.ndarray, bits: tuple[int, int] = (8, 8),
+               ) -> float:
+    """Relative squared error of the consumers' outputs on the sampled rows when the
+    activation is divided by `s` and stored per tensor (asymmetric, over its calibrated range)
+    and the weights are multiplied by `s` and stored symmetric per output channel, as the
+    quantize pass does; `bits` = (activation, weight) bits, W8A8 by default."""
+    levels, wmax = (1 << bits[0]) - 1, (1 << (bits[1] - 1)) - 1
+    x = profile.samples / s
+    lo, hi = min(0.0, float((profile.lo / s).min())), max(0.0, float((profile.hi / s).max()))
+    step = (hi - lo) / levels if hi > lo else 1.0
+    zero = np.round(-lo / step)
+    xq = (np.clip(np.rint(x / step) + zero, 0, levels) - zero) * step
+    ws = w * s
+    wstep = np.abs(ws).max(axis=1, keepdims=True) / wmax
+    wstep[wstep == 0] = 1.0
+    wq = np.clip(np.rint(ws / wstep), -wmax, wmax) * wstep
+    ref = profile.samples @ w.T
+    return float(np.sum((xq @ wq.T - ref) ** 2) / max(float(np.sum(ref ** 2)), 1e-300))
+
+
+def _scale(x: np.ndarray, wmax: np.ndarray, live: np.ndarray, a: float) -> np.ndarray:
+    """s = max|X|^a / max|W|^(1 - a) on live channels; 1 elsewhere and within SNAP of 1."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        s = np.where(live, x ** a / wmax ** (1 - a), 1.0)
+    return np.where(np.isfinite(s) & (s > 0) & (np.abs(s - 1) >= SNAP), s, 1.0)
+
+
+def _search(profile: Profile, w: np.ndarray, live: np.ndarray, bits: tuple[int, int],
+            ) -> tuple[float, np.ndarray]:
+    """The searched s of one group and the alpha of its first round. Rounds repeat from the
+    smoothed state until no alpha beats leaving it as it is by MARGIN, so the result is a
+    fixed point of the search itself: the pass run again finds nothing to do (idempotent)."""
+    total = np.ones(len(profile.absmax))
+    first = None
+    for _ in range(MAX_ROUNDS):
+        x, wmax = profile.absmax, np.abs(w).max(axis=0)
+        none = w8a8_error(profile, w, np.ones(len(x)), bits)
+        candidates = {a: _scale(x, wmax, live, a) for a in ALPHAS}
+        errors = {a: w8a8_error(profile, w, s, bits) for a, s in candidates.items()}
+        a = min(errors, key=errors.get)
+        if not errors[a] < none * (1 - MARGIN) or np.all(candidates[a] == 1):
+            break
+        s = candidates[a]
+        first = a if first is None else first
+        total = total * s
+        profile = Profile(profile.absmax / s, profile.lo / s, profile.hi / s,
+                          profile.samples / s)
+        w = w * s
+    return (first if first is not None else 1.0), total
+
+
+def search_scales(groups: list[Group], profiles: dict[Node, Profile], alpha: float | None,
+                  bits: tuple[int, int] = (8, 8),
+                  ) -> tuple[dict[Group, np.ndarray], dict[Group, float]]:
+    """s per group (all-ones groups left out) and the alpha each used, solved consumers-first:
+    a group's weights see the row scaling of the groups downstream of it (module docstring).
+    alpha None: per group, the alpha of ALPHAS whose s gives the least `w8a8_error`, or no
+    smoothing at all when none beats it by MARGIN."""
+    scales: dict[Group, np.ndarray] = {}
+    chosen: dict[Group, float] = {}
+    for g in reversed(groups):
+        w = consumer_weights(g, scales)
+        wmax = np.abs(w).max(axis=0)
+        profile = profiles[g.act]
+        x = np.asarray(profile.absmax, np.float64)
+        live = (x > TINY) & (wmax > TINY) & np.isfinite(x) & np.isfinite(wmax)
+
+        if alpha is not None:
+            a, s = alpha, _scale(x, wmax, live, alpha)
+        else:
+            a, s = _search(profile, w, live, bits)
+        if np.any(s != 1):
+            scales[g], chosen[g] = s, a
+    return scales, chosen
+
+
 def smooth_scales(groups: list[Group], absmax: dict[Node, np.ndarray],
                   alpha: float) -> dict[Group, np.ndarray]:
-    """s per group (all-ones groups left out), solved consumers-first: a group's column maxima
-    see the row scaling of the groups downstream of it (see the module docstring)."""
-    scales: dict[Group, np.ndarray] = {}
-    for g in reversed(groups):
-        w = column_absmax([g], scales)[g]
-        x = np.asarray(absmax[g.act], np.float64)
-        live = (x > TINY) & (w > TINY) & np.isfinite(x) & np.isfinite(w)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            s = np.where(live, x ** alpha / w ** (1 - alpha), 1.0)
-        s = np.where(np.isfinite(s) & (s > 0) & (np.abs(s - 1) >= SNAP), s, 1.0)
-        if np.any(s != 1):
-            scales[g] = s
-    return scales
+    """s per group at a fixed alpha from per-channel max |x| alone (all-ones groups left out),
+    solved consumers-first as `search_scales` (mobilequant starts from these)."""
+    profiles = {n: Profile(np.asarray(a, np.float64), -np.asarray(a, np.float64),
+                           np.asarray(a, np.float64), np.zeros((0, len(a))))
+                for n, a in absmax.items()}
+    return search_scales(groups, profiles, alpha)[0]
 
 
 def scaled_norm(norm: Node, inv: np.ndarray) -> Node:
@@ -160,28 +252,47 @@ def apply_scales(graph: Graph, scales: dict[Group, np.ndarray]) -> tuple[Graph, 
     return result, final
 
 
-@register_pass("smoothquant", calibration=True)
-def smoothquant(graph: Graph, ctx: PassContext, *, alpha: float = 0.5,
-                shared_norms: bool = False) -> Graph:
+def target_bits(target: object) -> tuple[int, int]:
+    """(activation, weight) bits the target's quantize defaults store a linear's operands in:
+    16 for activations="int16", the weights' integer width ("int4": 4), else 8."""
+    defaults = getattr(target, "quantize", None) or {}
+    act = 16 if defaults.get("activations") == "int16" else 8
+    weights = str(defaults.get("weights", "int8"))
+    width = int(weights[3:]) if weights[:3] == "int" and weights[3:].isdigit() else 8
+    return act, width
+
+
+@register_pass("smoothquant", calibration=True, target=True)
+def smoothquant(graph: Graph, ctx: PassContext, *, alpha: float | None = None,
+                shared_norms: bool = True) -> Graph:
     """Migrate activation outlier scale into the next linears' weights (SmoothQuant)."""
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"smoothquant: alpha must lie in [0, 1], got {alpha}")
+    if alpha is not None and not 0 <= alpha <= 1:
+        raise ValueError(f"smoothquant: alpha must lie in [0, 1] (or None: searched), got {alpha}")
     groups = find_groups(graph, shared_norms=shared_norms)
     if not groups:
-        ctx.note("smoothquant: no layer_norm/linear -> linear group to smooth")
+        ctx.note("smoothquant: no layer_norm/linear -> linear group to smooth; graph unchanged")
         return graph
     calibration = require_calibration(ctx.calibration, "smoothquant")
-    absmax = activation_absmax(graph, calibration, {g.act for g in groups})
-    scales = smooth_scales(groups, absmax, alpha)
+    profiles = activation_profiles(graph, calibration, {g.act for g in groups})
+    bits = target_bits(ctx.target)
+    scales, chosen = search_scales(groups, profiles, alpha, bits)
     if not scales:
-        ctx.note(f"smoothquant: {plural(len(groups), 'group')} already smooth (every s within "
-                 f"{SNAP} of 1)")
+        why = (f"every s within {SNAP} of 1" if alpha is not None else
+               f"no alpha lowers the W{bits[1]}A{bits[0]} error")
+        ctx.note(f"smoothquant: {plural(len(groups), 'group')} left as they are ({why}); "
+                 "graph unchanged")
         return graph
-    before = np.mean([range_ratio(absmax[g.act]) for g in scales])
-    after = np.mean([range_ratio(absmax[g.act] / s) for g, s in scales.items()])
+    before = np.mean([range_ratio(profiles[g.act].absmax) for g in scales])
+    after = np.mean([range_ratio(profiles[g.act].absmax / s) for g, s in scales.items()])
     norms = sum(g.producer.op == "layer_norm" for g in scales)
     copies = sum(g.shared for g in scales)
+    alphas = sorted(set(chosen.values()))
+    how = (f"alpha {alpha}" if alpha is not None else
+           f"alpha searched per group for W{bits[1]}A{bits[0]}: " + ", ".join(
+               f"{a} x{sum(v == a for v in chosen.values())}" for a in alphas))
+    left = len(groups) - len(scales)
     ctx.note(f"smoothquant: smoothed {plural(len(scales), 'group')} ({norms} layer_norm, "
              f"{len(scales) - norms} linear -> linear{f'; {copies} norms copied' if copies else ''}"
-             f"); activation channel range max/median {before:.1f} -> {after:.1f}")
+             f"{f'; {left} left as they are' if left else ''}); activation channel range "
+             f"max/median {before:.1f} -> {after:.1f}; {how}")
     return apply_scales(graph, scales)[0]

@@ -7,6 +7,7 @@ from functools import cache
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,10 +19,17 @@ from npuc.passes.calibration import (
     CalibrationError,
     activation_absmax,
     activation_minmax,
+    activation_profiles,
     range_ratio,
     value_keys,
 )
-from npuc.passes.smoothquant import find_groups
+from npuc.passes.smoothquant import (
+    ALPHAS,
+    consumer_weights,
+    find_groups,
+    search_scales,
+    w8a8_error,
+)
 from tests.models import ZOO
 from tests.passes.contract import check_exact
 
@@ -184,8 +192,9 @@ def test_calibration_helpers() -> None:
 def test_minilm_layer_norm_outputs_get_smoother() -> None:
     graph, inputs = _zoo("minilm")
     ctx = passes.PassContext(calibration=[inputs])
-    assert passes.apply(graph, "smoothquant", ctx=ctx) is graph  # every norm feeds a residual
-    result = passes.apply(graph, "smoothquant", shared_norms=True, ctx=ctx)
+    # every norm feeds a residual: nothing to do unless norms may be copied (the default)
+    assert passes.apply(graph, "smoothquant", shared_norms=False, ctx=ctx) is graph
+    result = passes.apply(graph, "smoothquant", ctx=ctx)
     groups = find_groups(graph, shared_norms=True)
     assert len(groups) == 12  # embeddings + 11 of 12 layer norms; the last feeds the pooling
     # the value the linears read, before (the norm) and after (its smoothed copy)
@@ -198,3 +207,61 @@ def test_minilm_layer_norm_outputs_get_smoother() -> None:
     assert ratio_after < ratio_before / 2, (ratio_before, ratio_after)
     rel = np.linalg.norm(npuc.interpret(result, *inputs)[0] - npuc.interpret(graph, *inputs)[0])
     assert rel <= 1e-5 * np.linalg.norm(npuc.interpret(graph, *inputs)[0])
+
+
+def _digits() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    from examples import digits_cnn
+
+    return digits_cnn.build()
+
+
+@pytest.mark.parametrize("factory", [_digits, lambda: ZOO["resnet18"](resolution=32)],
+                         ids=["digits_cnn", "resnet18"])
+def test_nothing_to_smooth_leaves_the_graph_unchanged(factory) -> None:
+    """Where smoothquant finds nothing to do (CNNs: no layer_norm or linear -> linear group), it
+    returns its input graph itself, so the default pipelines that run it compile such a model
+    exactly as before: the same lowered graph with and without the pass."""
+    model, inputs = factory()
+    graph = npuc.capture(model, inputs)
+    ctx = passes.PassContext()
+    assert passes.apply(graph, "smoothquant", ctx=ctx, calibration=[inputs]) is graph
+    assert "graph unchanged" in ctx.notes[0]
+    pipeline = list(npuc.targets.get("npu-int8").pipeline)
+    assert "smoothquant" in pipeline
+    with_pass = npuc.compile(model, inputs, passes=pipeline)
+    pipeline.remove("smoothquant")
+    without = npuc.compile(model, inputs, passes=pipeline)
+    assert with_pass.dump() == without.dump()
+
+
+def test_search_leaves_a_group_alone_when_no_alpha_helps() -> None:
+    """No outliers (every channel alike): no alpha beats leaving the group alone, so nothing
+    changes; with outliers, the searched alpha lowers the W8A8 error below every fixed one's
+    worst and the note names it."""
+    rng = np.random.default_rng(1)
+    x = graph_input("x", TensorType((64, 16), DType.F32))
+    f32 = np.float32
+    norm = make("layer_norm", [x, const(np.ones(16, f32)), const(np.zeros(16, f32))],
+                {"eps": 1e-5}, loc="norm")
+    w = np.sign(rng.normal(size=(8, 16))).astype(f32)  # every column the same max |w|
+    graph = Graph((x,), (make("linear", [norm, const(w)], loc="fc"),))
+    calibration = [(rng.normal(size=(64, 16)).astype(f32),) for _ in range(2)]
+    ctx = passes.PassContext()
+    assert passes.apply(graph, "smoothquant", ctx=ctx, calibration=calibration) is graph
+    assert "left as they are" in ctx.notes[0]
+
+    graph, calibration = _outlier_mlp()
+    ctx = passes.PassContext()
+    searched = passes.apply(graph, "smoothquant", ctx=ctx, calibration=calibration)
+    assert "alpha searched per group for W8A8" in ctx.notes[0]
+    groups = find_groups(graph)
+    profiles = activation_profiles(graph, calibration, {g.act for g in groups})
+    last = groups[0]
+    w8a8 = {a: w8a8_error(profiles[last.act], consumer_weights(last, {}),
+                          search_scales([last], profiles, a)[0].get(last, np.ones(32)))
+            for a in ALPHAS}
+    chosen = search_scales([last], profiles, None)[0][last]
+    best = w8a8_error(profiles[last.act], consumer_weights(last, {}), chosen)
+    assert best <= min(w8a8.values()) + 1e-12 < max(w8a8.values())
+    check_exact("smoothquant", graph, calibration[0])
+    assert not npuc.ir.structurally_equal(searched, graph)
