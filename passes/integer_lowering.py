@@ -2,11 +2,14 @@
 
 Not a pass itself: `lower(graph, specs, formats, stats)` walks the prepared, planned float graph
 (see `npuc.passes.quantize`) and returns the integer graph and, for every lowered value, the float
-value it stands for. A rule reads its operands' integer values with `Lowering.operand`, which
-quantizes constants and rescales values whose parameters differ from what the rule needs, and
-builds its result with `Lowering.result`, which attaches the planned dtype and parameters.
-Unary functions (sigmoid, tanh, GELU, SiLU, exp, ...) share one rule: a table of the float op
-evaluated on every integer input (256 entries for 8-bit inputs, 513 interpolated for int16).
+value it stands for. Which integer op a float op becomes is its `integer` trait
+(`npuc.ops.IntegerForm`); the rule that builds it is the op's own (`@rule`), else the one that
+trait implies (`rule_for`): ops whose integer form is "lut" (sigmoid, tanh, GELU, SiLU, exp, ...)
+share one rule, a table of the float op evaluated on every integer input (256 entries for 8-bit
+inputs, 513 interpolated for int16), and data movement that stays itself and keeps its input's
+parameters shares another. A rule reads its operands' integer values with `Lowering.operand`,
+which quantizes constants and rescales values whose parameters differ from what the rule needs,
+and builds its result with `Lowering.result`, which attaches the planned dtype and parameters.
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ import numpy as np
 
 from npuc.errors import UnsupportedError
 from npuc.ir import DType, Graph, Node, QuantParams, const
-from npuc.ops import OPS, make
+from npuc.ops import OPS, make, moves
 from npuc.ops.quantized import EXP_BITS, EXP_RANGE, per_tensor
 from npuc.quant import arith
 from npuc.quant.constants import encoded_const
 from npuc.quant.weights import quantize_weight
 
-from .quantize import KEEPS_PARAMS, Spec, Stats, _params, is_mask
+from .quantize import Spec, Stats, _params, is_mask
 
 Rule = Callable[["Lowering", Node], Node]
 MIN_SCALE = 1e-30  # weights below float32's normal range quantize to 0 at this scale
@@ -33,12 +36,38 @@ I32 = DType.I32
 
 
 def rule(*ops: str) -> Callable[[Rule], Rule]:
+    """Register `fn` as the rule of float `ops`: each must have an integer form (an op whose
+    `integer` trait says it has none gets no rule), and one rule only."""
     def register(fn: Rule) -> Rule:
         for op in ops:
+            if op in RULES or OPS[op].integer.op is None:
+                raise AssertionError(f"rule for {op}: a second one, or the op has no integer "
+                                     f"form ({OPS[op].integer})")  # pragma: no cover
             RULES[op] = fn
         return fn
 
     return register
+
+
+def rule_for(op: str) -> Rule | None:
+    """The rule that lowers float `op`: its own, else the one its integer form implies (a
+    table for "lut", `_data_movement` for an op that stays itself and keeps its parameters);
+    None when it has no integer form."""
+    form = OPS[op].integer
+    if op in RULES:
+        return RULES[op]
+    if form.op == "lut":
+        return _table
+    if form == moves(op):
+        return _data_movement
+    return None
+
+
+def integer_op(node: Node) -> str:
+    """The integer op float `node` lowers to (its op's `integer` trait)."""
+    op = OPS[node.op].integer.op
+    assert op is not None, node.op  # only rules call it, and only ops with a form have rules
+    return op
 
 
 class Lowering:
@@ -119,7 +148,7 @@ def lower(graph: Graph, specs: dict[Node, Spec], formats: Callable[[str | None],
         elif not node.dtype.is_float and not any(i.dtype.is_float for i in node.inputs):
             env[node] = node.with_inputs(tuple(env[i] for i in node.inputs))
         else:
-            fn = RULES.get(node.op) or (_table if _is_unary(node.op) else None)
+            fn = rule_for(node.op)
             if fn is None:
                 raise unsupported(node, f"no integer kernel for '{node.op}'",
                                   "keep this op out of the quantized model, or open an issue")
@@ -132,11 +161,6 @@ def lower(graph: Graph, specs: dict[Node, Spec], formats: Callable[[str | None],
             value = make("dequantize", [value], {}, out.loc)
         outputs.append(value)
     return Graph(graph.inputs, tuple(outputs), graph.name), origins
-
-
-def _is_unary(op: str) -> bool:
-    d = OPS[op]
-    return d.category == "elementwise" and d.arity == (1, 1) and op != "cast"
 
 
 # -- tables ---------------------------------------------------------------------------------------
@@ -158,7 +182,7 @@ def _table(lowering: Lowering, node: Node) -> Node:
     with np.errstate(all="ignore"):  # log(0), 1/0: the table saturates them
         y = OPS[node.op].impl(node.attrs, real)
     table = const(arith.quantize(y, *_pair(spec.quant), spec.dtype), spec.dtype, node.loc)
-    return lowering.result("lut", [x, table], {}, node)
+    return lowering.result(integer_op(node), [x, table], {}, node)
 
 
 # -- matrix products ------------------------------------------------------------------------------
@@ -195,7 +219,7 @@ def _gemm(lowering: Lowering, node: Node) -> Node:
         q = np.clip(np.rint((b - shift) / s_acc), arith.INT32_MIN, arith.INT32_MAX)
         inputs.append(const(q.astype(np.int32), I32, bias[0].loc if bias else node.loc,
                             QuantParams(tuple(map(float, s_acc)), (0,) * channels, 0)))
-    return lowering.result("q" + node.op, inputs, node.attrs, node)
+    return lowering.result(integer_op(node), inputs, node.attrs, node)
 
 
 def _weight_error_bias(node: Node, encoded: Any, mean: np.ndarray | None) -> np.ndarray:
@@ -225,7 +249,7 @@ def _matmul(lowering: Lowering, node: Node) -> Node:
             want = Spec(DType.I8, arith.qparams(lo, hi, DType.I8, symmetric=True))
         operands.append(lowering.operand(v, want) if want else
                         lowering.gemm_operand(v, narrow=k == 1))
-    return lowering.result("qmatmul", operands, {}, node)
+    return lowering.result(integer_op(node), operands, {}, node)
 
 
 # -- elementwise arithmetic -----------------------------------------------------------------------
@@ -237,8 +261,8 @@ def _add(lowering: Lowering, node: Node) -> Node:
         x, mask = (b, a) if is_mask(a) else (a, b)
         return _masked(lowering, node, x, mask)
     dtype = lowering.spec(node).dtype  # a constant term is as precise as the sum
-    return lowering.result("q" + node.op, [lowering.operand(v, dtype=dtype) for v in (a, b)], {},
-                           node)
+    return lowering.result(integer_op(node), [lowering.operand(v, dtype=dtype) for v in (a, b)],
+                           {}, node)
 
 
 def _masked(lowering: Lowering, node: Node, x: Node, mask: Node) -> Node:
@@ -266,8 +290,8 @@ def _keep(mask: Node) -> Node:
 @rule("mul")
 def _mul(lowering: Lowering, node: Node) -> Node:
     dtype = lowering.spec(node).dtype
-    return lowering.result("qmul", [lowering.operand(v, dtype=dtype) for v in node.inputs], {},
-                           node)
+    return lowering.result(integer_op(node),
+                           [lowering.operand(v, dtype=dtype) for v in node.inputs], {}, node)
 
 
 @rule("maximum", "minimum", "where", "concat")
@@ -276,13 +300,13 @@ def _same_params(lowering: Lowering, node: Node) -> Node:
     spec = lowering.spec(node)
     args = [lowering.operand(v, spec) if v.dtype.is_float else lowering.env[v]
             for v in node.inputs]
-    return lowering.result(node.op, args, node.attrs, node)
+    return lowering.result(integer_op(node), args, node.attrs, node)
 
 
-@rule(*sorted(KEEPS_PARAMS - {"avg_pool", "adaptive_avg_pool", "resize", "gather"}))
 def _data_movement(lowering: Lowering, node: Node) -> Node:
+    """An op that moves values and keeps its input's parameters (see `rule_for`)."""
     args = [lowering.operand(node.inputs[0]), *(lowering.env[i] for i in node.inputs[1:])]
-    return lowering.result(node.op, args, node.attrs, node)
+    return lowering.result(integer_op(node), args, node.attrs, node)
 
 
 @rule("pad")
@@ -290,14 +314,14 @@ def _pad(lowering: Lowering, node: Node) -> Node:
     """The padding value, quantized, may widen the range: the result has its own parameters."""
     spec = lowering.spec(node)
     value = int(arith.quantize(np.float32(node.attrs["value"]), *_pair(spec.quant), spec.dtype))
-    return lowering.result("pad", [lowering.operand(node.inputs[0], spec)],
+    return lowering.result(integer_op(node), [lowering.operand(node.inputs[0], spec)],
                            node.attrs.replace(value=float(value)), node)
 
 
 @rule("gather")
 def _gather(lowering: Lowering, node: Node) -> Node:
     table, index = node.inputs
-    return lowering.result("gather", [lowering.operand(table, lowering.spec(node)),
+    return lowering.result(integer_op(node), [lowering.operand(table, lowering.spec(node)),
                                       lowering.env[index]], node.attrs, node)
 
 
@@ -314,7 +338,7 @@ def _clamp(lowering: Lowering, node: Node) -> Node:
     if qlo <= dmin and qhi >= dmax:
         return x
     attrs = {"min": qlo if qlo > dmin else None, "max": qhi if qhi < dmax else None}
-    return lowering.result("rescale", [x], attrs, node)
+    return lowering.result(integer_op(node), [x], attrs, node)
 
 
 @rule("prelu")
@@ -322,8 +346,8 @@ def _prelu(lowering: Lowering, node: Node) -> Node:
     x, slope = node.inputs
     lo, hi = _finite_range(slope.data)
     want = Spec(DType.I8, arith.qparams(lo, hi, DType.I8, symmetric=True))
-    return lowering.result("qprelu", [lowering.operand(x), lowering.operand(slope, want)], {},
-                           node)
+    return lowering.result(integer_op(node), [lowering.operand(x), lowering.operand(slope, want)],
+                           {}, node)
 
 
 @rule("cast")
@@ -336,38 +360,23 @@ def _cast(lowering: Lowering, node: Node) -> Node:
         raise unsupported(node, "a float-to-integer cast inside a quantized graph",
                           "cast the model's inputs instead")
     ints = make("cast", [lowering.env[src]], {"dtype": "i32"}, node.loc, QuantParams((1.0,), (0,)))
-    return lowering.result("rescale", [ints], {}, node)
+    return lowering.result(integer_op(node), [ints], {}, node)
 
 
 @rule("eq", "ne", "lt", "le", "gt", "ge")
 def _compare(lowering: Lowering, node: Node) -> Node:
     a, b = node.inputs
     common = lowering.spec(b if a.is_const else a)
-    return make(node.op, [lowering.operand(a, common), lowering.operand(b, common)], {},
+    return make(integer_op(node), [lowering.operand(a, common), lowering.operand(b, common)], {},
                 node.loc)
 
 
 # -- reductions, pooling, resizing ----------------------------------------------------------------
 
-@rule("mean", "sum")
-def _reduce(lowering: Lowering, node: Node) -> Node:
-    return lowering.result("q" + node.op, [lowering.operand(node.inputs[0])], node.attrs, node)
-
-
-@rule("avg_pool")
-def _avg_pool(lowering: Lowering, node: Node) -> Node:
-    return lowering.result("qavg_pool", [lowering.operand(node.inputs[0])], node.attrs, node)
-
-
-@rule("adaptive_avg_pool")
-def _adaptive_avg_pool(lowering: Lowering, node: Node) -> Node:
-    return lowering.result("qadaptive_avg_pool", [lowering.operand(node.inputs[0])], node.attrs,
-                           node)
-
-
-@rule("resize")
-def _resize(lowering: Lowering, node: Node) -> Node:
-    return lowering.result("qresize", [lowering.operand(node.inputs[0])], node.attrs, node)
+@rule("mean", "sum", "avg_pool", "adaptive_avg_pool", "resize")
+def _one_operand(lowering: Lowering, node: Node) -> Node:
+    """Its integer op on the operand as it is, with the same attributes."""
+    return lowering.result(integer_op(node), [lowering.operand(node.inputs[0])], node.attrs, node)
 
 
 # -- softmax and normalisation --------------------------------------------------------------------
@@ -390,7 +399,7 @@ def per_scale(spec: Spec) -> float:
 def _softmax(lowering: Lowering, node: Node) -> Node:
     src = node.inputs[0]
     table = const(exp_table(lowering.spec(src)), I32, node.loc)
-    return lowering.result("qsoftmax", [lowering.operand(src), table], node.attrs, node)
+    return lowering.result(integer_op(node), [lowering.operand(src), table], node.attrs, node)
 
 
 LOG_TABLE = np.rint(np.log1p(np.arange(256) / 256) * (1 << EXP_BITS)).astype(np.int32)
@@ -400,7 +409,7 @@ LOG_TABLE = np.rint(np.log1p(np.arange(256) / 256) * (1 << EXP_BITS)).astype(np.
 def _log_softmax(lowering: Lowering, node: Node) -> Node:
     src = node.inputs[0]
     tables = [const(exp_table(lowering.spec(src)), I32, node.loc), const(LOG_TABLE, I32, node.loc)]
-    return lowering.result("qlog_softmax", [lowering.operand(src), *tables], node.attrs, node)
+    return lowering.result(integer_op(node), [lowering.operand(src), *tables], node.attrs, node)
 
 
 @rule("layer_norm", "group_norm")
@@ -418,14 +427,4 @@ def _norm(lowering: Lowering, node: Node) -> Node:
     mult = np.where(gamma < 0, -mult, mult)
     bias = np.clip(np.rint(beta / s_out), arith.INT32_MIN, arith.INT32_MAX)
     params = [const(v.astype(np.int32), I32, node.loc) for v in (mult, shift, bias)]
-    return lowering.result("q" + node.op, [lowering.operand(x), *params], node.attrs, node)
-
-
-def _check_rules() -> None:
-    """Every rule's integer op exists (caught at import, not mid-compile)."""
-    for op in RULES:
-        if op not in OPS:  # pragma: no cover - a typo in this file
-            raise AssertionError(f"integer lowering rule for unknown op {op}")
-
-
-_check_rules()
+    return lowering.result(integer_op(node), [lowering.operand(x), *params], node.attrs, node)

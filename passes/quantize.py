@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from npuc.interpreter import interpret
 from npuc.ir import DType, Graph, Node, QuantParams, const
-from npuc.ops import OPS, make
+from npuc.ops import OPS, lowered_by, make
 from npuc.pipeline import PassContext, plural, register_pass
 from npuc.quant import arith
 from npuc.quant.observers import Observer, make_observer
@@ -47,14 +47,12 @@ from npuc.rewrite import rewrite
 
 from .calibration import require_calibration, value_keys
 
-# Ops whose result is requantized from an accumulator: a clamp right after one is free.
-REQUANTIZING = frozenset({"conv", "conv_transpose", "linear", "matmul", "add", "sub", "mul",
-                          "mean", "sum", "layer_norm", "group_norm", "prelu"})
-# Ops whose result keeps the input's parameters: they move, pick or average values.
-KEEPS_PARAMS = frozenset({"reshape", "permute", "expand", "slice", "flip", "pixel_shuffle",
-                          "max_pool", "amax", "amin", "avg_pool", "adaptive_avg_pool", "resize",
-                          "gather"})
-CLAMPS = frozenset({"relu", "clamp"})
+# From each op's integer form (its `integer` trait, npuc.ops.IntegerForm): ops whose result is
+# requantized from an accumulator (a clamp right after one is free), ops whose result keeps the
+# input's parameters (they move, pick or average values), and the clamps.
+REQUANTIZING = lowered_by("requantize")
+KEEPS_PARAMS = lowered_by("keep")
+CLAMPS = lowered_by("clamp")
 MASK_VALUE = -1e4  # additive mask constants at or below this stand for minus infinity
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..ir import Attrs, Node, TensorType
-from . import AttrSpec, defop
+from . import GEMM, NO_MIRROR, REWRITTEN, AttrSpec, defop, lowers, moves, vector
 from .elementwise import OpTypeError, broadcast_shapes, float_type
 
 
@@ -92,7 +94,8 @@ def _conv_macs(node: Node) -> int:
     return int(np.prod(node.shape, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
 
 
-@defop("conv", (2, 3), conv_type, category="nn", attrs=_conv_attrs(), macs=_conv_macs)
+@defop("conv", (2, 3), conv_type, category="nn", attrs=_conv_attrs(), macs=_conv_macs,
+       integer=lowers("qconv", "requantize"), cost=GEMM, mirror=NO_MIRROR)
 def conv(attrs: Attrs, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """N-d cross-correlation:
     out[n, o, p] = b[o] + sum_{c,k} x_pad[n, g*Cg + c, p*s + k*d] * w[o, c, k],
@@ -138,7 +141,8 @@ def _conv_transpose_macs(node: Node) -> int:
 
 
 @defop("conv_transpose", (2, 3), conv_transpose_type, category="nn",
-       attrs={**_conv_attrs(), "output_padding": AttrSpec("ints")}, macs=_conv_transpose_macs)
+       attrs={**_conv_attrs(), "output_padding": AttrSpec("ints")}, macs=_conv_transpose_macs,
+       integer=lowers("qconv_transpose", "requantize"), cost=GEMM, mirror=NO_MIRROR)
 def conv_transpose(attrs: Attrs, x: np.ndarray, w: np.ndarray,
                    b: np.ndarray | None = None) -> np.ndarray:
     """The adjoint of conv: zero-stuff the input by `stride`, pad by d*(k-1) - padding (plus
@@ -182,7 +186,9 @@ def _matmul_macs(node: Node) -> int:
     return int(np.prod(node.shape, dtype=np.int64)) * node.inputs[0].shape[-1]
 
 
-@defop("matmul", 2, matmul_type, category="nn", macs=_matmul_macs)
+@defop("matmul", 2, matmul_type, category="nn", macs=_matmul_macs,
+       integer=lowers("qmatmul", "requantize"), cost=GEMM,
+       mirror=lambda a, x, y: torch.matmul(x, y))
 def matmul(attrs: Attrs, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """numpy.matmul: batched over leading axes with broadcasting."""
     return np.matmul(a, b)
@@ -201,7 +207,9 @@ def linear_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(x.shape[:-1] + (w.shape[0],), float_type(types, attrs).dtype)
 
 
-@defop("linear", (2, 3), linear_type, category="nn", macs=_matmul_macs)
+@defop("linear", (2, 3), linear_type, category="nn", macs=_matmul_macs,
+       integer=lowers("qlinear", "requantize"), cost=GEMM,
+       mirror=lambda a, x, w, b=None: F.linear(x, w, b))
 def linear(attrs: Attrs, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """x @ w.T + b, with w of shape (out_features, in_features)."""
     y = dense(x, w)
@@ -222,7 +230,10 @@ def _norm_type(op: str, channels_of):  # noqa: ANN001, ANN202
 
 
 @defop("batch_norm", 5, _norm_type("batch_norm", lambda x, a: (x.shape[1],)), category="nn",
-       attrs={"eps": AttrSpec("float", 1e-5)})
+       attrs={"eps": AttrSpec("float", 1e-5)},
+       integer=REWRITTEN,  # folded into a layer, else a per-channel multiply-add
+       cost=vector(1), mirror=lambda a, x, g, b, m, v: F.batch_norm(x, m, v, g, b, False, 0.0,
+                                                                    a["eps"]))
 def batch_norm(attrs: Attrs, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
                var: np.ndarray) -> np.ndarray:
     """Inference batch norm over axis 1: (x - mean) / sqrt(var + eps) * gamma + beta."""
@@ -247,7 +258,10 @@ def _layer_norm_shape(x: TensorType, attrs: Attrs) -> tuple[int, ...]:
 
 
 @defop("layer_norm", (1, 3), _norm_type("layer_norm", _layer_norm_shape),
-       category="nn", attrs={"ndim": AttrSpec("int", 1, min=1), "eps": AttrSpec("float", 1e-5)})
+       category="nn", attrs={"ndim": AttrSpec("int", 1, min=1), "eps": AttrSpec("float", 1e-5)},
+       integer=lowers("qlayer_norm", "requantize"), cost=vector(1),
+       mirror=lambda a, x, g=None, b=None: F.layer_norm(x, x.shape[x.ndim - a["ndim"]:], g, b,
+                                                        a["eps"]))
 def layer_norm(attrs: Attrs, x: np.ndarray, gamma: np.ndarray | None = None,
                beta: np.ndarray | None = None) -> np.ndarray:
     """Normalise over the last `ndim` axes (biased variance), then * gamma + beta."""
@@ -266,7 +280,9 @@ def _group_norm_channels(x: TensorType, attrs: Attrs) -> tuple[int, ...]:
 
 
 @defop("group_norm", (1, 3), _norm_type("group_norm", _group_norm_channels), category="nn",
-       attrs={"groups": AttrSpec("int", min=1), "eps": AttrSpec("float", 1e-5)})
+       attrs={"groups": AttrSpec("int", min=1), "eps": AttrSpec("float", 1e-5)},
+       integer=lowers("qgroup_norm", "requantize"), cost=vector(1),
+       mirror=lambda a, x, g=None, b=None: F.group_norm(x, a["groups"], g, b, a["eps"]))
 def group_norm(attrs: Attrs, x: np.ndarray, gamma: np.ndarray | None = None,
                beta: np.ndarray | None = None) -> np.ndarray:
     """Normalise each group of channels over (channels in group, spatial); per-channel affine."""
@@ -286,14 +302,17 @@ def _axis_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return float_type(types, attrs)
 
 
-@defop("softmax", 1, _axis_type, category="nn", attrs={"axis": AttrSpec("int")})
+@defop("softmax", 1, _axis_type, category="nn", attrs={"axis": AttrSpec("int")},
+       integer=lowers("qsoftmax"), cost=vector(1), mirror=lambda a, x: torch.softmax(x, a["axis"]))
 def softmax(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """exp(x - max) / sum(exp(x - max)) along `axis`."""
     e = np.exp(x - x.max(axis=attrs["axis"], keepdims=True))
     return (e / e.sum(axis=attrs["axis"], keepdims=True)).astype(x.dtype, copy=False)
 
 
-@defop("log_softmax", 1, _axis_type, category="nn", attrs={"axis": AttrSpec("int")})
+@defop("log_softmax", 1, _axis_type, category="nn", attrs={"axis": AttrSpec("int")},
+       integer=lowers("qlog_softmax"), cost=vector(1),
+       mirror=lambda a, x: torch.log_softmax(x, a["axis"]))
 def log_softmax(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """x - max - log(sum(exp(x - max))) along `axis`."""
     shifted = x - x.max(axis=attrs["axis"], keepdims=True)
@@ -308,7 +327,9 @@ def glu_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(x.shape[:axis] + (x.shape[axis] // 2,) + x.shape[axis + 1:], x.dtype)
 
 
-@defop("glu", 1, glu_type, category="nn", attrs={"axis": AttrSpec("int", -1)})
+@defop("glu", 1, glu_type, category="nn", attrs={"axis": AttrSpec("int", -1)},
+       integer=REWRITTEN,  # a sigmoid gate times the other half
+       cost=vector(1), mirror=lambda a, x: F.glu(x, a["axis"]))
 def glu(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """a * sigmoid(b) where a, b are the two halves of x along `axis`."""
     from .elementwise import _sigmoid
@@ -358,7 +379,8 @@ def _reduce_windows(win: np.ndarray, nsp: int, fn) -> np.ndarray:  # noqa: ANN00
     return fn(win, axis=tuple(range(win.ndim - nsp, win.ndim)))
 
 
-@defop("max_pool", 1, pool_type, category="nn", attrs=_pool_attrs())
+@defop("max_pool", 1, pool_type, category="nn", attrs=_pool_attrs(),
+       integer=moves("max_pool"), cost=vector(1), mirror=NO_MIRROR)
 def max_pool(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """Max over each (dilated) window; padding reads as -inf."""
     out = _pool_out(x.shape, attrs)
@@ -367,7 +389,8 @@ def max_pool(attrs: Attrs, x: np.ndarray) -> np.ndarray:
 
 
 @defop("avg_pool", 1, pool_type, category="nn",
-       attrs=_pool_attrs(count_include_pad=AttrSpec("bool", True)))
+       attrs=_pool_attrs(count_include_pad=AttrSpec("bool", True)),
+       integer=lowers("qavg_pool", "keep"), cost=vector(1), mirror=NO_MIRROR)
 def avg_pool(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """Mean over each window. The divisor counts the explicit padding when count_include_pad,
     never the extra cells ceil_mode reads past the padded input (PyTorch's rule)."""
@@ -403,7 +426,9 @@ def _along(x: np.ndarray, axis: int, matrix: np.ndarray) -> np.ndarray:
 
 
 @defop("adaptive_avg_pool", 1, adaptive_type, category="nn",
-       attrs={"size": AttrSpec("ints", min=1)})
+       attrs={"size": AttrSpec("ints", min=1)},
+       integer=lowers("qadaptive_avg_pool", "keep"),  # a global one: prepare makes it a mean
+       cost=vector(1), mirror=NO_MIRROR)
 def adaptive_avg_pool(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """Output cell i averages input cells [floor(i*in/out), ceil((i+1)*in/out))."""
     for i, out in enumerate(attrs["size"]):
@@ -454,7 +479,8 @@ def _resize_matrix(mode: str, size_in: int, size_out: int, scale: float,
 @defop("resize", 1, resize_type, category="nn",
        attrs={"size": AttrSpec("ints", min=1),
               "mode": AttrSpec("str", choices=("nearest", "bilinear")),
-              "scales": AttrSpec("floats"), "align_corners": AttrSpec("bool", False)})
+              "scales": AttrSpec("floats"), "align_corners": AttrSpec("bool", False)},
+       integer=lowers("qresize", "keep"), cost=vector(1), mirror=NO_MIRROR)
 def resize(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """Nearest or (bi)linear resampling of the spatial axes to `size`. `scales` are the user's
     scale factors (0 = derive from sizes), which PyTorch uses for the source index when given."""

@@ -21,10 +21,17 @@ import numpy as np
 
 from ..ir import Attrs, DType, Node, QuantParams, TensorType
 from ..quant import arith
-from . import AttrSpec, defop, nn
+from . import GEMM, INTEGER, NO_MIRROR, AttrSpec, Cost, defop, nn, vector
 from .elementwise import OpTypeError, broadcast_shapes
 
 I32 = DType.I32
+
+
+def intop(name: str, arity: int | tuple[int, int], infer, *, cost: Cost,  # noqa: ANN001
+          **kwargs):  # noqa: ANN003, ANN201
+    """`defop` for an integer op: the quantize pass keeps it as it is, and mobilequant, a pass on
+    float graphs, never meets it (no torch mirror)."""
+    return defop(name, arity, infer, integer=INTEGER, cost=cost, mirror=NO_MIRROR, **kwargs)
 
 
 def per_tensor(t: TensorType) -> tuple[float, int]:
@@ -89,7 +96,8 @@ def _quantize_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(types[0].shape, DType(attrs["dtype"]))
 
 
-@defop("quantize", 1, _quantize_type, category="quant", attrs=_dtype_attr(), typed=True)
+@intop("quantize", 1, _quantize_type, category="quant", cost=vector(2), attrs=_dtype_attr(),
+       typed=True)
 def quantize(node: Node, x: np.ndarray) -> np.ndarray:
     """float32 -> integer: clamp(rint(x / scale) + zero_point), scale from the result type."""
     return arith.quantize(x, *per_tensor(node.type), node.dtype)
@@ -100,7 +108,8 @@ def _dequantize_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(types[0].shape, DType.F32)
 
 
-@defop("dequantize", 1, quantized(_dequantize_type, 0), category="quant", typed=True)
+@intop("dequantize", 1, quantized(_dequantize_type, 0), category="quant", cost=vector(2),
+       typed=True)
 def dequantize(node: Node, x: np.ndarray) -> np.ndarray:
     """integer -> float32: (x - zero_point) * scale, scale from the operand type."""
     return arith.dequantize(x, *per_tensor(node.inputs[0].type))
@@ -108,7 +117,7 @@ def dequantize(node: Node, x: np.ndarray) -> np.ndarray:
 
 # -- requantization -------------------------------------------------------------------------------
 
-@defop("rescale", 1, quantized(_int_type, 0), category="quant", typed=True,
+@intop("rescale", 1, quantized(_int_type, 0), category="quant", cost=vector(2), typed=True,
        attrs={**_dtype_attr(), "min": AttrSpec("int", None), "max": AttrSpec("int", None)})
 def rescale(node: Node, x: np.ndarray) -> np.ndarray:
     """Requantize to the result's parameters, then clamp to [min, max] when given (a ReLU or clamp
@@ -144,7 +153,8 @@ def _conv_like(name: str, float_impl, infer, attrs: dict[str, AttrSpec], macs) -
 
     impl.__doc__ = (f"Integer {float_impl.__name__}: int32 sum of (x - zp_x) * w (+ int32 bias at "
                     "s_x * s_w), requantized per output channel to the result type.")
-    defop(name, (2, 3), quantized(infer, 0, 1), category="nn", attrs={**attrs, **_dtype_attr()},
+    intop(name, (2, 3), quantized(infer, 0, 1), category="nn", cost=GEMM,
+          attrs={**attrs, **_dtype_attr()},
           macs=macs, typed=True)(impl)
 
 
@@ -166,7 +176,7 @@ _conv_like("qconv_transpose", nn.conv_transpose, _integer_infer(nn.conv_transpos
 _QLINEAR_INFER = quantized(_integer_infer(nn.linear_type), 0, 1)
 
 
-@defop("qlinear", (2, 3), _QLINEAR_INFER, category="nn", attrs=_dtype_attr(),
+@intop("qlinear", (2, 3), _QLINEAR_INFER, category="nn", cost=GEMM, attrs=_dtype_attr(),
        macs=nn._matmul_macs, typed=True)
 def qlinear(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """Integer linear: int32 sum of (x - zp_x) * w[o] (+ int32 bias), requantized per output
@@ -180,7 +190,7 @@ def qlinear(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = Non
 _QMATMUL_INFER = quantized(_integer_infer(nn.matmul_type), 0, 1)
 
 
-@defop("qmatmul", 2, _QMATMUL_INFER, category="nn", attrs=_dtype_attr(),
+@intop("qmatmul", 2, _QMATMUL_INFER, category="nn", cost=GEMM, attrs=_dtype_attr(),
        macs=nn._matmul_macs, typed=True)
 def qmatmul(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Integer batched matmul of two per-tensor quantized operands (attention's QK^T and PV):
@@ -210,7 +220,8 @@ def _add_like(name: str, sign: int) -> None:
     impl.__doc__ = (f"Integer a {'+-'[sign < 0]} b (TFLite's scheme): both operands shifted left "
                     "(20 bits for 8-bit operands, 15 for 16-bit) and rescaled to twice the larger "
                     "scale, combined, then requantized to the result type.")
-    defop(name, 2, quantized(_binary_type, 0, 1), category="elementwise", attrs=_dtype_attr(),
+    intop(name, 2, quantized(_binary_type, 0, 1), category="elementwise", cost=vector(4),
+          attrs=_dtype_attr(),
           typed=True)(impl)
 
 
@@ -221,7 +232,8 @@ _add_like("qsub", -1)
 _QMUL_INFER = quantized(_binary_type, 0, 1)
 
 
-@defop("qmul", 2, _QMUL_INFER, category="elementwise", attrs=_dtype_attr(), typed=True)
+@intop("qmul", 2, _QMUL_INFER, category="elementwise", cost=vector(3), attrs=_dtype_attr(),
+       typed=True)
 def qmul(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Integer a * b: (a - zp_a) * (b - zp_b), saturated to int32, requantized by s_a s_b/s_out."""
     (s_a, _), (s_b, _) = (per_tensor(i.type) for i in node.inputs)
@@ -232,7 +244,7 @@ def qmul(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 _QPRELU_INFER = quantized(_integer_infer(lambda types, attrs: types[0]), 0, 1)
 
 
-@defop("qprelu", 2, _QPRELU_INFER, category="elementwise",
+@intop("qprelu", 2, _QPRELU_INFER, category="elementwise", cost=vector(3),
        attrs=_dtype_attr(), typed=True)
 def qprelu(node: Node, x: np.ndarray, slope: np.ndarray) -> np.ndarray:
     """x >= zp ? requantize(x - zp) : requantize((x - zp) * slope); slope is int8, one per
@@ -256,7 +268,7 @@ def _lut_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(x.shape, table.dtype)
 
 
-@defop("lut", 2, _lut_type, category="elementwise")
+@intop("lut", 2, _lut_type, category="elementwise", cost=vector(1))
 def lut(attrs: Attrs, x: np.ndarray, table: np.ndarray) -> np.ndarray:
     """Any unary function as a table (sigmoid, tanh, GELU, SiLU, exp, ...): 256 entries index int8
     (x + 128) or uint8 directly; 513 entries interpolate int16 (see `arith.lookup`)."""
@@ -281,7 +293,7 @@ def _reduce_sum(name: str, mean: bool) -> None:
 
     impl.__doc__ = (f"Integer {name[1:]} over `axes`: the int32 sum of x - zp, requantized by "
                     f"s_in{' / n' if mean else ''} / s_out.")
-    defop(name, 1, quantized(_reduce_infer, 0), category="reduce", typed=True,
+    intop(name, 1, quantized(_reduce_infer, 0), category="reduce", cost=vector(1), typed=True,
           attrs={"axes": AttrSpec("ints"), "keepdim": AttrSpec("bool", False),
                  **_dtype_attr()})(impl)
 
@@ -290,7 +302,7 @@ _reduce_sum("qmean", mean=True)
 _reduce_sum("qsum", mean=False)
 
 
-@defop("qavg_pool", 1, quantized(nn.pool_type, 0), category="nn", typed=True,
+@intop("qavg_pool", 1, quantized(nn.pool_type, 0), category="nn", cost=vector(1), typed=True,
        attrs=nn._pool_attrs(count_include_pad=AttrSpec("bool", True)))
 def qavg_pool(node: Node, x: np.ndarray) -> np.ndarray:
     """Integer average pool with the operand's parameters: zp + round(sum(x - zp) / count), the
@@ -308,8 +320,8 @@ def _adaptive_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(nn.adaptive_type([TensorType(x.shape, DType.F32)], attrs).shape, x.dtype)
 
 
-@defop("qadaptive_avg_pool", 1, quantized(_adaptive_type, 0), category="nn", typed=True,
-       attrs={"size": AttrSpec("ints", min=1)})
+@intop("qadaptive_avg_pool", 1, quantized(_adaptive_type, 0), category="nn", cost=vector(1),
+       typed=True, attrs={"size": AttrSpec("ints", min=1)})
 def qadaptive_avg_pool(node: Node, x: np.ndarray) -> np.ndarray:
     """Integer adaptive average pool with the operand's parameters: each output cell is zp +
     round(sum(x - zp) / count) over its window [floor(i*in/out), ceil((i+1)*in/out))."""
@@ -333,7 +345,7 @@ def _resize_weights(attrs: Attrs, axis: int, size_in: int) -> np.ndarray:
     return q
 
 
-@defop("qresize", 1, quantized(nn.resize_type, 0), category="nn", typed=True,
+@intop("qresize", 1, quantized(nn.resize_type, 0), category="nn", cost=vector(1), typed=True,
        attrs={"size": AttrSpec("ints", min=1),
               "mode": AttrSpec("str", choices=("nearest", "bilinear")),
               "scales": AttrSpec("floats"), "align_corners": AttrSpec("bool", False)})
@@ -361,7 +373,7 @@ def _table_type(types: list[TensorType], attrs: Attrs) -> TensorType:
 EXP_BITS = 16  # exp tables hold round(2**16 * exp(-k * step)): exp(0) is 65536
 
 
-@defop("qsoftmax", 2, quantized(_table_type, 0), category="nn", typed=True,
+@intop("qsoftmax", 2, quantized(_table_type, 0), category="nn", cost=vector(8), typed=True,
        attrs={"axis": AttrSpec("int"), **_dtype_attr()})
 def qsoftmax(node: Node, x: np.ndarray, exp_table: np.ndarray) -> np.ndarray:
     """Integer softmax along `axis`: d = max - x >= 0; e = exp(-d s) from the table (see
@@ -397,7 +409,7 @@ def exp_lookup(node: Node, d: np.ndarray, table: np.ndarray) -> np.ndarray:
     return arith.lookup(u - 32768, t, I32).astype(np.int64)
 
 
-@defop("qlog_softmax", 3, quantized(_table_type, 0), category="nn", typed=True,
+@intop("qlog_softmax", 3, quantized(_table_type, 0), category="nn", cost=vector(10), typed=True,
        attrs={"axis": AttrSpec("int"), **_dtype_attr()})
 def qlog_softmax(node: Node, x: np.ndarray, exp_table: np.ndarray,
                  log_table: np.ndarray) -> np.ndarray:
@@ -454,7 +466,7 @@ def affine_out(node: Node, norm: np.ndarray, mult: np.ndarray, shift: np.ndarray
     return arith.saturate(y, node.dtype)
 
 
-@defop("qlayer_norm", 4, quantized(_norm_type, 0), category="nn", typed=True,
+@intop("qlayer_norm", 4, quantized(_norm_type, 0), category="nn", cost=vector(10), typed=True,
        attrs={"ndim": AttrSpec("int", 1, min=1), "eps": AttrSpec("float", 1e-5), **_dtype_attr()})
 def qlayer_norm(node: Node, x: np.ndarray, mult: np.ndarray, shift: np.ndarray,
                 bias: np.ndarray) -> np.ndarray:
@@ -464,7 +476,7 @@ def qlayer_norm(node: Node, x: np.ndarray, mult: np.ndarray, shift: np.ndarray,
     return affine_out(node, norm, mult, shift, bias)
 
 
-@defop("qgroup_norm", 4, quantized(_norm_type, 0), category="nn", typed=True,
+@intop("qgroup_norm", 4, quantized(_norm_type, 0), category="nn", cost=vector(10), typed=True,
        attrs={"groups": AttrSpec("int", min=1), "eps": AttrSpec("float", 1e-5), **_dtype_attr()})
 def qgroup_norm(node: Node, x: np.ndarray, mult: np.ndarray, shift: np.ndarray,
                 bias: np.ndarray) -> np.ndarray:

@@ -7,17 +7,22 @@ and integer tensors (and keep quantization parameters through lowering).
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ..ir import Attrs, TensorType
-from . import AttrSpec, defop
+from . import LEAF, NO_MIRROR, VIEW, AttrSpec, defop, lowers, moves, vector
 from .elementwise import OpTypeError
+
+COPY = vector(1)  # a data movement the simulator charges as one copy per element
 
 
 def _leaf_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     raise OpTypeError("a leaf's type is given, not inferred")
 
 
-@defop("input", 0, _leaf_type, category="graph", attrs={"name": AttrSpec("str")})
+@defop("input", 0, _leaf_type, category="graph", attrs={"name": AttrSpec("str")}, integer=LEAF,
+       cost=VIEW, mirror=NO_MIRROR)
 def input_(attrs: Attrs) -> np.ndarray:
     """A graph input, bound by position when the graph runs."""
     raise RuntimeError("inputs are bound by the interpreter")
@@ -25,7 +30,7 @@ def input_(attrs: Attrs) -> np.ndarray:
 
 @defop("const", 0, _leaf_type, category="graph",
        attrs={"digest": AttrSpec("str"), "encoding": AttrSpec("str", "dense"),
-              "data": AttrSpec("array", None)})
+              "data": AttrSpec("array", None)}, integer=LEAF, cost=VIEW, mirror=NO_MIRROR)
 def const(attrs: Attrs) -> np.ndarray:
     """A constant tensor; `data` holds its array, `digest` a content hash, `encoding` its layout."""
     return attrs["data"]
@@ -46,7 +51,8 @@ def reshape_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(shape, x.dtype)
 
 
-@defop("reshape", 1, reshape_type, category="shape", attrs={"shape": AttrSpec("ints")})
+@defop("reshape", 1, reshape_type, category="shape", attrs={"shape": AttrSpec("ints")},
+       integer=moves("reshape"), cost=VIEW, mirror=lambda a, x: x.reshape(a["shape"]))
 def reshape(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """Same elements in C order, new shape (view/flatten/squeeze/unsqueeze all become this)."""
     return x.reshape(attrs["shape"])
@@ -59,7 +65,8 @@ def permute_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(tuple(x.shape[p] for p in perm), x.dtype)
 
 
-@defop("permute", 1, permute_type, category="shape", attrs={"perm": AttrSpec("ints")})
+@defop("permute", 1, permute_type, category="shape", attrs={"perm": AttrSpec("ints")},
+       integer=moves("permute"), cost=COPY, mirror=lambda a, x: x.permute(a["perm"]))
 def permute(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """out axis i is input axis perm[i]."""
     return x.transpose(attrs["perm"]).copy()  # a C-ordered copy that keeps 0-d arrays 0-d
@@ -74,7 +81,8 @@ def expand_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(shape, x.dtype)
 
 
-@defop("expand", 1, expand_type, category="shape", attrs={"shape": AttrSpec("ints")})
+@defop("expand", 1, expand_type, category="shape", attrs={"shape": AttrSpec("ints")},
+       integer=moves("expand"), cost=COPY, mirror=lambda a, x: x.expand(a["shape"]))
 def expand(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """Broadcast to `shape` (size-1 axes repeat)."""
     return np.broadcast_to(x, attrs["shape"]).copy()
@@ -89,9 +97,16 @@ def slice_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(x.shape[:axis] + (n,) + x.shape[axis + 1:], x.dtype)
 
 
+def _slice_mirror(a: Attrs, x: torch.Tensor) -> torch.Tensor:
+    index = [slice(None)] * x.ndim
+    index[a["axis"]] = slice(a["start"], a["end"], a["step"])
+    return x[tuple(index)]
+
+
 @defop("slice", 1, slice_type, category="shape",
        attrs={"axis": AttrSpec("int"), "start": AttrSpec("int"), "end": AttrSpec("int"),
-              "step": AttrSpec("int", 1)})
+              "step": AttrSpec("int", 1)}, integer=moves("slice"), cost=COPY,
+       mirror=_slice_mirror)
 def slice_(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """x[start:end:step] along `axis` (Python slice rules; select = slice + reshape)."""
     index = [slice(None)] * x.ndim
@@ -106,7 +121,8 @@ def flip_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(types[0].shape, types[0].dtype)
 
 
-@defop("flip", 1, flip_type, category="shape", attrs={"axes": AttrSpec("ints")})
+@defop("flip", 1, flip_type, category="shape", attrs={"axes": AttrSpec("ints")},
+       integer=moves("flip"), cost=COPY, mirror=NO_MIRROR)
 def flip(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """Reverse the order of elements along `axes`."""
     return np.flip(x, axis=tuple(attrs["axes"])).copy()
@@ -127,7 +143,8 @@ def concat_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(first.shape[:axis] + (size,) + first.shape[axis + 1:], first.dtype)
 
 
-@defop("concat", (1, 1 << 16), concat_type, category="shape", attrs={"axis": AttrSpec("int")})
+@defop("concat", (1, 1 << 16), concat_type, category="shape", attrs={"axis": AttrSpec("int")},
+       integer=lowers("concat"), cost=COPY, mirror=lambda a, *xs: torch.cat(xs, a["axis"]))
 def concat(attrs: Attrs, *xs: np.ndarray) -> np.ndarray:
     """Join along `axis`."""
     return np.concatenate(xs, axis=attrs["axis"])
@@ -143,8 +160,15 @@ def pad_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(shape, x.dtype)
 
 
+def _pad_mirror(a: Attrs, x: torch.Tensor) -> torch.Tensor:
+    pads = a["pads"]
+    pairs = [p for i in reversed(range(x.ndim)) for p in (pads[2 * i], pads[2 * i + 1])]
+    return F.pad(x, pairs, value=a["value"])
+
+
 @defop("pad", 1, pad_type, category="shape",
-       attrs={"pads": AttrSpec("ints"), "value": AttrSpec("float", 0.0)})
+       attrs={"pads": AttrSpec("ints"), "value": AttrSpec("float", 0.0)}, integer=lowers("pad"),
+       cost=COPY, mirror=_pad_mirror)
 def pad(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """Constant padding; `pads` holds (lo, hi) per axis in axis order; negative amounts crop."""
     from .nn import _pad
@@ -160,7 +184,12 @@ def gather_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(x.shape[:axis] + idx.shape + x.shape[axis + 1:], x.dtype)
 
 
-@defop("gather", 2, gather_type, category="shape", attrs={"axis": AttrSpec("int", 0)})
+def _gather_mirror(a: Attrs, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return x[(slice(None),) * (a["axis"] % x.ndim) + (idx.long(),)]
+
+
+@defop("gather", 2, gather_type, category="shape", attrs={"axis": AttrSpec("int", 0)},
+       integer=moves("gather"), cost=COPY, mirror=_gather_mirror)
 def gather(attrs: Attrs, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """numpy.take(x, idx, axis): embedding lookup is gather(table, ids, axis=0). Negative indices
     count from the end; out-of-range indices are an error."""
@@ -176,7 +205,8 @@ def pixel_shuffle_type(types: list[TensorType], attrs: Attrs) -> TensorType:
 
 
 @defop("pixel_shuffle", 1, pixel_shuffle_type, category="shape",
-       attrs={"factor": AttrSpec("int", min=1)})
+       attrs={"factor": AttrSpec("int", min=1)}, integer=moves("pixel_shuffle"),
+       cost=COPY, mirror=lambda a, x: F.pixel_shuffle(x, a["factor"]))
 def pixel_shuffle(attrs: Attrs, x: np.ndarray) -> np.ndarray:
     """(N, C*r*r, H, W) -> (N, C, H*r, W*r):
     out[n, c, h*r + i, w*r + j] = x[n, c*r*r + i*r + j, h, w]."""
@@ -200,17 +230,24 @@ def reduce_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(shape, x.dtype)
 
 
-def _reduction(name: str, fn, doc: str) -> None:  # noqa: ANN001
+def _reduction(name: str, fn, doc: str, integer, mirror) -> None:  # noqa: ANN001
     def impl(attrs: Attrs, x: np.ndarray) -> np.ndarray:
         out = fn(x, axis=tuple(attrs["axes"]), keepdims=attrs["keepdim"])
         return np.asarray(out, dtype=x.dtype)
 
+    def mirrored(a: Attrs, x: torch.Tensor) -> torch.Tensor:
+        if not a["axes"]:
+            return x
+        return mirror(x, dim=tuple(a["axes"]), keepdim=a["keepdim"]).to(x.dtype)
+
     impl.__doc__ = doc
     defop(name, 1, reduce_type, category="reduce",
-          attrs={"axes": AttrSpec("ints"), "keepdim": AttrSpec("bool", False)})(impl)
+          attrs={"axes": AttrSpec("ints"), "keepdim": AttrSpec("bool", False)}, integer=integer,
+          cost=vector(1), mirror=mirrored)(impl)
 
 
-_reduction("mean", np.mean, "arithmetic mean over `axes`")
-_reduction("sum", np.sum, "sum over `axes`")
-_reduction("amax", np.max, "maximum over `axes`")
-_reduction("amin", np.min, "minimum over `axes`")
+_reduction("mean", np.mean, "arithmetic mean over `axes`", lowers("qmean", "requantize"),
+           torch.mean)
+_reduction("sum", np.sum, "sum over `axes`", lowers("qsum", "requantize"), torch.sum)
+_reduction("amax", np.max, "maximum over `axes`", moves("amax"), torch.amax)
+_reduction("amin", np.min, "minimum over `axes`", moves("amin"), torch.amin)
