@@ -19,6 +19,7 @@ import torch
 import npuc
 from bench.c_latency import models
 from bench.results import write_section
+from npuc.simulator.cost import is_gemm
 
 
 def main() -> None:
@@ -39,8 +40,7 @@ def main() -> None:
             busiest = max(engines, key=lambda e: engines[e][2])
             busy = sum(b for _, _, b in engines.values())
             concurrency = busy / report.latency_s if report.latency_s else 0.0
-            gemms = [r for r in report.rows if r.op in ("qconv", "qlinear", "qmatmul",
-                                                        "qconv_transpose")]
+            gemms = [r for r in report.rows if is_gemm(r.op)]
             on_npu = (f"{sum(r.engine == 'npu' for r in gemms)}/{len(gemms)}" if gemms
                       else "—")
             rows.append(f"| {name} | {target} | {report.latency_s * 1e3:.3f} | "

@@ -10,15 +10,16 @@ After:  the float graph with learned per-channel scales folded in exactly as `sm
 
 How: the smoothquant scales (`alpha`) are folded in first, so every group reads a value of its
 own (shared norms get their copy) and the learned scales start at 1. A differentiable torch
-mirror of the graph (`TorchMirror`: the numpy semantics of compiler/ops, op by op, for the ops
-transformer-style graphs use) runs with W8A8 fake quantization inserted: the weight of every
-constant-weight linear, times its group's scale, symmetric int8 per output channel; every
-activation a linear or matmul reads (divided by its group's scale) asymmetric 8-bit per tensor
-over a learnable clipping range; rounding passes gradients straight through. Adam (`lr`,
-`steps`, a tqdm bar when `progress` and stderr is a TTY) minimises the MSE between those outputs
-and the float outputs over all calibration tuples. Parameters are log-scales and range bounds
-in units of their initial (min/max) width, so one `lr` suits every tensor. The iterate with the
-lowest loss is kept: never worse than the smoothquant start on the calibration data.
+mirror of the graph (`TorchMirror`: each op's `mirror` trait in compiler/ops, its numpy
+semantics in torch, given for the ops transformer-style graphs use) runs with W8A8 fake
+quantization inserted: the weight of every constant-weight linear, times its group's scale,
+symmetric int8 per output channel; every activation a linear or matmul reads (divided by its
+group's scale) asymmetric 8-bit per tensor over a learnable clipping range; rounding passes
+gradients straight through. Adam (`lr`, `steps`, a tqdm bar when `progress` and stderr is a TTY)
+minimises the MSE between those outputs and the float outputs over all calibration tuples.
+Parameters are log-scales and range bounds in units of their initial (min/max) width, so one
+`lr` suits every tensor. The iterate with the lowest loss is kept: never worse than the
+smoothquant start on the calibration data.
 
 Requires: calibration data in the PassContext; ops the mirror knows (others raise
 UnsupportedError naming the op and module). Ensures: the same float function within rounding;
@@ -42,7 +43,9 @@ from tqdm import tqdm
 
 from npuc.errors import UnsupportedError
 from npuc.interpreter import interpret
-from npuc.ir import Attrs, DType, Graph, Node
+from npuc.ir import DType, Graph, Node
+from npuc.ops import NO_MIRROR, OPS
+from npuc.ops.elementwise import TORCH_DTYPES
 from npuc.pipeline import PassContext, plural, register_pass
 
 from .calibration import activation_absmax, require_calibration, value_keys
@@ -52,115 +55,10 @@ Tensor = torch.Tensor
 QMAX_W = 127  # symmetric int8 weights: q in [-127, 127]
 QMAX_A = 255  # asymmetric 8-bit activations: q in [0, 255]
 
-_TORCH = {DType.F32: torch.float32, DType.F16: torch.float32, DType.I64: torch.int64,
-          DType.I32: torch.int32, DType.I16: torch.int16, DType.I8: torch.int8,
-          DType.U8: torch.uint8, DType.I4: torch.int8, DType.U4: torch.uint8,
-          DType.BOOL: torch.bool}
-
-
-def _reduce(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    def impl(a: Attrs, x: Tensor) -> Tensor:
-        if not a["axes"]:
-            return x
-        return fn(x, dim=tuple(a["axes"]), keepdim=a["keepdim"]).to(x.dtype)
-
-    return impl
-
-
-def _div(a: Attrs, x: Tensor, y: Tensor) -> Tensor:
-    return torch.div(x, y, rounding_mode="floor") if not x.is_floating_point() else x / y
-
-
-def _pad(a: Attrs, x: Tensor) -> Tensor:
-    pads = a["pads"]
-    pairs = [p for i in reversed(range(x.ndim)) for p in (pads[2 * i], pads[2 * i + 1])]
-    return F.pad(x, pairs, value=a["value"])
-
-
-def _slice(a: Attrs, x: Tensor) -> Tensor:
-    index = [slice(None)] * x.ndim
-    index[a["axis"]] = slice(a["start"], a["end"], a["step"])
-    return x[tuple(index)]
-
-
-def _gather(a: Attrs, x: Tensor, idx: Tensor) -> Tensor:
-    return x[(slice(None),) * (a["axis"] % x.ndim) + (idx.long(),)]
-
-
-def _prelu(a: Attrs, x: Tensor, slope: Tensor) -> Tensor:
-    shape = (1, -1) + (1,) * (x.ndim - 2) if slope.numel() > 1 else ()
-    return torch.where(x >= 0, x, slope.reshape(shape) * x)
-
-
-def _bound(v: float) -> float | None:
-    return v if math.isfinite(v) else None
-
-
-# Op-by-op torch semantics of the IR (compiler/ops), for the ops transformer-style graphs use.
-MIRROR: dict[str, Callable[..., Tensor]] = {
-    "linear": lambda a, x, w, b=None: F.linear(x, w, b),
-    "matmul": lambda a, x, y: torch.matmul(x, y),
-    "layer_norm": lambda a, x, g=None, b=None: F.layer_norm(x, x.shape[x.ndim - a["ndim"]:], g, b,
-                                                            a["eps"]),
-    "group_norm": lambda a, x, g=None, b=None: F.group_norm(x, a["groups"], g, b, a["eps"]),
-    "batch_norm": lambda a, x, g, b, m, v: F.batch_norm(x, m, v, g, b, False, 0.0, a["eps"]),
-    "softmax": lambda a, x: torch.softmax(x, a["axis"]),
-    "log_softmax": lambda a, x: torch.log_softmax(x, a["axis"]),
-    "glu": lambda a, x: F.glu(x, a["axis"]),
-    "gelu": lambda a, x: F.gelu(x, approximate=a["approximate"]),
-    "relu": lambda a, x: torch.relu(x),
-    "clamp": lambda a, x: torch.clamp(x, _bound(a["min"]), _bound(a["max"])),
-    "leaky_relu": lambda a, x: F.leaky_relu(x, a["alpha"]),
-    "prelu": _prelu,
-    "sigmoid": lambda a, x: torch.sigmoid(x),
-    "silu": lambda a, x: F.silu(x),
-    "tanh": lambda a, x: torch.tanh(x),
-    "hardsigmoid": lambda a, x: F.hardsigmoid(x),
-    "hardswish": lambda a, x: F.hardswish(x),
-    "exp": lambda a, x: torch.exp(x),
-    "log": lambda a, x: torch.log(x),
-    "sqrt": lambda a, x: torch.sqrt(x),
-    "rsqrt": lambda a, x: torch.rsqrt(x),
-    "reciprocal": lambda a, x: torch.reciprocal(x),
-    "erf": lambda a, x: torch.erf(x),
-    "neg": lambda a, x: -x,
-    "abs": lambda a, x: torch.abs(x),
-    "logical_not": lambda a, x: torch.logical_not(x),
-    "cast": lambda a, x: x.to(_TORCH[DType(a["dtype"])]),
-    "add": lambda a, x, y: x + y,
-    "sub": lambda a, x, y: x - y,
-    "mul": lambda a, x, y: x * y,
-    "div": _div,
-    "pow": lambda a, x, y: torch.pow(x, y),
-    "maximum": lambda a, x, y: torch.maximum(x, y),
-    "minimum": lambda a, x, y: torch.minimum(x, y),
-    "eq": lambda a, x, y: x == y,
-    "ne": lambda a, x, y: x != y,
-    "lt": lambda a, x, y: x < y,
-    "le": lambda a, x, y: x <= y,
-    "gt": lambda a, x, y: x > y,
-    "ge": lambda a, x, y: x >= y,
-    "logical_and": lambda a, x, y: torch.logical_and(x, y),
-    "logical_or": lambda a, x, y: torch.logical_or(x, y),
-    "where": lambda a, c, x, y: torch.where(c, x, y),
-    "reshape": lambda a, x: x.reshape(a["shape"]),
-    "permute": lambda a, x: x.permute(a["perm"]),
-    "expand": lambda a, x: x.expand(a["shape"]),
-    "slice": _slice,
-    "concat": lambda a, *xs: torch.cat(xs, a["axis"]),
-    "pad": _pad,
-    "gather": _gather,
-    "pixel_shuffle": lambda a, x: F.pixel_shuffle(x, a["factor"]),
-    "mean": _reduce(torch.mean),
-    "sum": _reduce(torch.sum),
-    "amax": _reduce(torch.amax),
-    "amin": _reduce(torch.amin),
-}
-
 
 def _tensor(value: Any, dtype: DType) -> Tensor:
     array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-    return torch.from_numpy(np.array(array, dtype=dtype.numpy)).to(_TORCH[dtype])
+    return torch.from_numpy(np.array(array, dtype=dtype.numpy)).to(TORCH_DTYPES[dtype])
 
 
 Operands = Callable[[Node, list[Tensor]], list[Tensor]]
@@ -172,11 +70,12 @@ class TorchMirror:
 
     def __init__(self, graph: Graph, who: str = "mobilequant") -> None:
         for node in graph.nodes:
-            if node.op not in ("input", "const") and node.op not in MIRROR:
+            if node.op not in ("input", "const") and OPS[node.op].mirror is NO_MIRROR:
                 raise UnsupportedError(
                     f"{who} has no torch mirror for op '{node.op}'", op=node.op, loc=node.loc,
                     stage=who, hint=f"run {who} on a graph without '{node.op}' (e.g. split the "
-                    f"model), or add the op to MIRROR in passes/mobilequant.py")
+                    "model), or give the op a torch mirror (the `mirror` of its defop in "
+                    "compiler/ops)")
         self.graph = graph
         self.consts = {n: _tensor(n.data, n.dtype) for n in graph.nodes if n.is_const}
 
@@ -190,7 +89,7 @@ class TorchMirror:
             args = [env[i] for i in node.inputs]
             if operands is not None:
                 args = operands(node, args)
-            env[node] = MIRROR[node.op](node.attrs, *args)
+            env[node] = OPS[node.op].mirror(node.attrs, *args)
         return [env[o] for o in self.graph.outputs]
 
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 from npuc.ir import Graph, Node
 
-from .cost import FREE, OpCost, engines, op_cost, sram_bytes_per_s, supports
+from .cost import OpCost, engines, is_view, op_cost, sram_bytes_per_s, supports
 from .memory import MemoryPlan, plan_memory
 from .schedule import Slot, heft
 
@@ -194,7 +194,7 @@ def _note(node: Node, slot: Slot, costs: dict[str, OpCost], unsupported: list[st
     """The op's module path and, when it did not run on `first` (the NPU), why: the engines that
     cannot run it, or how much earlier it finishes where the schedule put it."""
     note = node.loc or ""
-    if slot.engine == first or node.op in FREE:  # a view costs nothing anywhere
+    if slot.engine == first or is_view(node.op):  # a view costs nothing anywhere
         return note
     if first not in costs:
         why = "; ".join(unsupported)

@@ -1,12 +1,13 @@
 """Per-op cost on each engine of a target: cycles, bytes moved and energy, analytically.
 
-NPU: the integer GEMM ops (qconv, qlinear, qmatmul, qconv_transpose) as im2col GEMMs on the
-systolic array (`systolic.gemm_cycles`), per group, at 8 / weight_bits MACs per PE per cycle and
-`int16_rate` when the operands it multiplies are int16 (`int16_mode`: never for an int16
-result). DSP: every other integer op, `DSP_WORK` operations per element over `lanes` (half at
-int16, by the same rule), and depthwise convs as MACs over lanes. CPU: anything,
-float included, at `ops_per_cycle`, the same `DSP_WORK` operations per element for integer ops
-(one for float ones). Reshape is a view: free, on any engine; every other data movement is a copy.
+What an op is comes from its `cost` trait (npuc.ops.Cost). NPU: the integer matrix products
+(`is_gemm`: qconv, qlinear, qmatmul, qconv_transpose) as im2col GEMMs on the systolic array
+(`systolic.gemm_cycles`), per group, at 8 / weight_bits MACs per PE per cycle and `int16_rate`
+when the operands it multiplies are int16 (`int16_mode`: never for an int16 result). DSP: every
+other integer op, its `per_element` operations per element over `lanes` (half at int16, by the
+same rule), and depthwise convs as MACs over lanes. CPU: anything, float included, at
+`ops_per_cycle`, the same operations per element (a float GEMM: its MACs). A view (reshape) is
+free, on any engine; every other data movement is a copy.
 SRAM bandwidth is `sram_bytes_per_cycle` at the clock of the target's first engine (the NPU, else
 the DSP): the SRAM's, whichever engine reads it.
 
@@ -47,17 +48,21 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from npuc.ir import DType, Node
-from npuc.ops import macs
+from npuc.ops import INTEGER, OPS, macs
 
 from .systolic import gemm_cycles
 from .tiling import Traffic, gemm_traffic, stream_traffic
 
-GEMMS = frozenset({"qconv", "qlinear", "qmatmul", "qconv_transpose"})
-FREE = frozenset({"reshape", "input", "const"})
-# DSP (and CPU) operations per output element (a lookup, a requantization, ...), by op
-DSP_WORK = {"lut": 1, "rescale": 2, "qadd": 4, "qsub": 4, "qmul": 3, "qprelu": 3,
-            "qsoftmax": 8, "qlog_softmax": 10, "qlayer_norm": 10, "qgroup_norm": 10,
-            "quantize": 2, "dequantize": 2, "where": 1, "maximum": 1, "minimum": 1}
+
+def is_view(op: str) -> bool:
+    """No work and no bytes on any engine (a reshape, a graph leaf)."""
+    return OPS[op].cost.kind == "view"
+
+
+def is_gemm(op: str) -> bool:
+    """An integer matrix product: what the NPU's array runs, blocked to the SRAM. (A float one
+    runs only on the CPU, as its MACs over streamed operands.)"""
+    return OPS[op].cost.kind == "gemm" and OPS[op].integer == INTEGER
 
 
 @dataclass(frozen=True)
@@ -87,12 +92,14 @@ def sram_bytes_per_s(target) -> float:  # noqa: ANN001
 def supports(engine: str, node: Node, target=None) -> str | None:  # noqa: ANN001
     """None if `engine` can run `node`, else why not (shown in the report). With `target`, also
     the limits of that target's NPU (no int16 mode, no engine to decode its weights)."""
-    if node.op in FREE:
-        return None  # a view: no work, so no engine is wrong for it
+    if is_view(node.op):
+        return None  # no work, so no engine is wrong for it
     floating = node.dtype.is_float and node.op != "dequantize"
     if engine == "npu":
-        if node.op not in GEMMS:
+        if OPS[node.op].cost.kind != "gemm":
             return f"{node.op} is not a matrix product"
+        if not is_gemm(node.op):
+            return "unquantized operands: the array multiplies quantized integers"
         if _depthwise(node):
             return "depthwise: one filter per channel starves the array"
         if target is not None and target.npu is not None:
@@ -126,7 +133,7 @@ def int16_mode(node: Node) -> bool:
     Any other op computes at the width of the widest value it reads or writes: its lanes hold
     those elements.
     """
-    if node.op in GEMMS:
+    if OPS[node.op].cost.kind == "gemm":
         return any(i.dtype == DType.I16 for i in node.inputs[:2])
     return any(i.dtype == DType.I16 for i in node.inputs) or node.dtype == DType.I16
 
@@ -151,7 +158,7 @@ def _gemm_shape(node: Node) -> tuple[int, int, int, int]:
 
 def _weight(node: Node) -> Node | None:
     """The constant weight operand of a GEMM (None for other ops and activation x activation)."""
-    if node.op not in GEMMS or len(node.inputs) < 2 or not node.inputs[1].is_const:
+    if not is_gemm(node.op) or len(node.inputs) < 2 or not node.inputs[1].is_const:
         return None
     return node.inputs[1]
 
@@ -257,7 +264,7 @@ def _traffic(node: Node, engine: str, target) -> Traffic:  # noqa: ANN001
         if not i.is_const or (k == 1 and _weight(node) is i):
             continue
         constants += node.type.nbytes if node.op == "gather" and k == 0 else i.stored_nbytes
-    if node.op not in GEMMS:
+    if not is_gemm(node.op):
         activations = sum(i.type.nbytes for i in node.inputs if not i.is_const)
         return stream_traffic(constants, activations + node.type.nbytes, sram)
     _, m, k, n = _gemm_shape(node)
@@ -299,7 +306,7 @@ def _decode(node: Node, target) -> _Decode:  # noqa: ANN001
 
 def op_cost(engine: str, node: Node, target) -> OpCost:  # noqa: ANN001
     """The cost of `node` on `engine` of `target` (which must support it)."""
-    if node.op in FREE:
+    if is_view(node.op):
         return OpCost(engine, 0, 0, 0.0, 0, 0, 0.0, "memory", 0.0)
     work = macs(node)
     wide = int16_mode(node)
@@ -350,9 +357,10 @@ def op_cost(engine: str, node: Node, target) -> OpCost:  # noqa: ANN001
 
 def _vector_ops(node: Node, work: int) -> int:
     """Operations a DSP or CPU does for `node`: a GEMM's MACs plus one per encoded weight
-    element it decodes as it reads them, or `DSP_WORK` operations per element touched."""
-    if not work:
-        return _elements(node) * DSP_WORK.get(node.op, 1)
+    element it decodes as it reads them, or its `per_element` operations per element touched."""
+    cost = OPS[node.op].cost
+    if cost.kind != "gemm":
+        return _elements(node) * cost.per_element
     w = _weight(node)
     return work + (w.type.size if w is not None and _encoding(w) != "dense" else 0)
 
