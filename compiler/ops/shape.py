@@ -191,8 +191,14 @@ def _gather_mirror(a: Attrs, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor
 @defop("gather", 2, gather_type, category="shape", attrs={"axis": AttrSpec("int", 0)},
        integer=moves("gather"), cost=COPY, mirror=_gather_mirror)
 def gather(attrs: Attrs, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """numpy.take(x, idx, axis): embedding lookup is gather(table, ids, axis=0). Negative indices
-    count from the end; out-of-range indices are an error."""
+    """numpy.take(x, idx, axis): embedding lookup is gather(table, ids, axis=0). Every index must
+    lie in [0, n): anything else, negative included, is an error (as torch's embedding; capture
+    turns negative constant indices into positive ones), in the interpreter and in the C."""
+    n = x.shape[attrs["axis"]]
+    bad = (idx < 0) | (idx >= n)
+    if bad.any():
+        raise IndexError(f"index {idx[bad].ravel()[0]} is outside [0, {n}) "
+                         f"({np.count_nonzero(bad)} of {idx.size} indices)")
     return np.take(x, idx, axis=attrs["axis"])
 
 
