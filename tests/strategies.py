@@ -785,13 +785,14 @@ def reduce_layer(draw: st.DrawFn, x: Value, pool: Pool = (), loc: str | None = N
 
 @st.composite
 def gather_layer(draw: st.DrawFn, x: Value, pool: Pool = (), loc: str | None = None) -> Value:
-    """gather along an axis with constant int64 indices (negative ones included), of rank 0
-    (select) up to what keeps the result within MAX_RANK."""
+    """gather along an axis with constant int64 indices in [0, size) (the op's domain: capture
+    makes negative constant indices positive), of rank 0 (select) up to what keeps the result
+    within MAX_RANK."""
     axis = draw(st.integers(-x.rank, x.rank - 1))
     size = x.shape[axis]
     idx_rank = draw(st.integers(0, min(2, MAX_RANK - x.rank + 1)))
     shape = tuple(draw(st.integers(1, 3)) for _ in range(idx_rank))
-    idx = draw(hnp.arrays(np.int64, shape, elements=st.integers(-size, size - 1)))
+    idx = draw(hnp.arrays(np.int64, shape, elements=st.integers(0, size - 1)))
     node = const(idx, DType.I64, loc=f"{loc}.index" if loc else None)
     return Value(make("gather", [x.node, node], {"axis": axis}, loc), x.bound)
 
