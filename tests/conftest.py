@@ -57,8 +57,9 @@ def golden(request: pytest.FixtureRequest):  # noqa: ANN201
     return check
 
 
-# a float literal, not a part of a word (digests such as "1602e22589c1", locs such as "4.bias")
-_FLOAT = re.compile(r"(?<![\w.])-?(?:\d+\.\d*(?:e[-+]?\d+)?|\d+e[-+]?\d+)(?![\w.])")
+# a float literal, not a part of a word or a quoted string (digests such as "1602e22589c1" or
+# "889864e74359", which would read as inf, locs such as "4.bias")
+_FLOAT = re.compile(r"(?<![\w.\"])-?(?:\d+\.\d*(?:e[-+]?\d+)?|\d+e[-+]?\d+)(?![\w.\"])")
 
 
 def same_dump(got: str, want: str, rtol: float = 1e-5) -> bool:

@@ -47,35 +47,56 @@ def test_digits_int8_keeps_accuracy(digits: tuple, observer: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def minilm_data() -> tuple[torch.nn.Module, tuple, tuple, np.ndarray]:
+def minilm_data() -> tuple[torch.nn.Module, list, list, list]:
+    """The model, CALIBRATION_SENTENCES as 2 batches of 16, and the evaluation: the 64 held-out
+    sentences nobody here wrote (4 batches of 16) and EVAL_SENTENCES (16), padded to 32 tokens,
+    with their fp32 embeddings."""
     model = minilm.load()
-    calibration = minilm.encode(minilm.CALIBRATION_SENTENCES[:16], tokens=32)
-    evaluation = minilm.encode(minilm.EVAL_SENTENCES[:16], tokens=32)
+    calibration = [minilm.encode(minilm.CALIBRATION_SENTENCES[i:i + 16], tokens=32)
+                   for i in (0, 16)]
+    held_out = minilm.held_out_sentences()
+    evaluation = [minilm.encode(held_out[i:i + 16], tokens=32) for i in range(0, 64, 16)]
+    evaluation.append(minilm.encode(minilm.EVAL_SENTENCES[:16], tokens=32))
     with torch.no_grad():
-        reference = model(*evaluation).numpy()
+        reference = [model(*e).numpy() for e in evaluation]
     return model, calibration, evaluation, reference
 
 
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
+    return float(np.mean(cosines(a, b)))
+
+
+def integer_only(graph: npuc.ir.Graph) -> bool:
+    return not any(n.dtype.is_float for n in graph.nodes
+                   if n.op not in ("input", "quantize", "dequantize", "const"))
 
 
 @pytest.mark.slow
-def test_minilm_w8a8_accuracy(minilm_data: tuple) -> None:
-    """all-MiniLM-L6-v2, W8A8 fully integer (attention matmuls, softmax, GELU and LayerNorm
-    included) after smoothquant: mean cosine similarity to fp32 >= 0.99 on 16 held-out sentences
-    padded to 32 tokens."""
+def test_minilm_default_w8a8_accuracy(minilm_data: tuple) -> None:
+    """all-MiniLM-L6-v2 through npu-int8's own pipeline (no passes=), fully integer (attention
+    matmuls, softmax, GELU and LayerNorm included): mean cosine to fp32 on the 64 held-out
+    sentences >= 0.992 (measured 0.9930-0.9932; the old default pipeline: 0.9636; PT2E's X86
+    recipe with those ops in float: 0.9936), on EVAL_SENTENCES >= 0.9935 (measured 0.9941-0.9945;
+    old 0.9667; PT2E 0.9940), worst sentence >= 0.975 (measured 0.978); and smoothquant's note
+    says what it changed."""
     model, calibration, evaluation, reference = minilm_data
-    pipeline = list(npuc.targets.get("npu-int8").pipeline)
-    at = pipeline.index("quantize")
-    pipeline[at:at] = [("smoothquant", {"alpha": 0.5, "shared_norms": True})]
-    cm = npuc.compile(model, calibration=[calibration], passes=pipeline)
+    cm = npuc.compile(model, target="npu-int8", calibration=calibration)
+    assert {"smoothquant", "quantize"} <= {r.name for r in cm.records}
     ops = {n.op for n in cm.ir.nodes}
     assert {"qsoftmax", "qlayer_norm", "qmatmul", "lut"} <= ops
-    assert not any(n.dtype.is_float for n in cm.ir.nodes
-                   if n.op not in ("input", "quantize", "dequantize", "const"))
+    assert integer_only(cm.ir)
     assert {n.dtype for n in cm.ir.nodes if n.op == "qlinear"} <= {DType.I8, DType.I16}
-    assert mean_cosine(cm.run(*evaluation), reference) >= 0.99
+    c = [cosines(cm.run(*e), r) for e, r in zip(evaluation, reference, strict=True)]
+    held_out = np.concatenate(c[:4])
+    assert held_out.mean() >= 0.992, held_out.mean()
+    assert held_out.min() >= 0.975, held_out.min()
+    assert c[4].mean() >= 0.9935, c[4].mean()
+    report = cm.report()
+    assert "smoothed 12 groups (12 layer_norm" in report and "alpha searched" in report
 
 
 class _Scaled(nn.Module):
