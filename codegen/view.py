@@ -16,6 +16,7 @@ import numpy as np
 
 from npuc.errors import UnsupportedError
 from npuc.ir import DType, Graph, Node
+from npuc.quant.constants import encoding_of
 
 ALIGN = 16  # bytes: every arena tensor and scratch block starts on a 16-byte boundary
 CTYPES = {DType.I8: "npuc_i8", DType.U8: "npuc_u8", DType.I16: "npuc_i16", DType.I32: "npuc_i32",
@@ -127,8 +128,8 @@ class Context:
     def ptr(self, node: Node) -> str:
         """A C expression for a pointer to `node`'s elements (in the arena or a const array)."""
         if node.is_const:
-            if node.attrs.get("encoding", "dense") != "dense":
-                raise UnsupportedError(f"this kernel cannot read {node.attrs['encoding']} weights",
+            if not encoding_of(node).is_dense:
+                raise UnsupportedError(f"this kernel cannot read {encoding_of(node)} weights",
                                        op=node.op, loc=node.loc, stage="emit-c")
             if node not in self.names:
                 self.names[node] = self.array(node.data, ctype(node.dtype), node.loc or "")
@@ -157,7 +158,7 @@ class Context:
     def weight(self, node: Node) -> str:
         """A pointer to `node`'s int8 values: the const array itself when dense, else scratch
         that the layer first decodes the stored encoding into (see `kernels.decode`)."""
-        if not node.is_const or node.attrs.get("encoding", "dense") == "dense":
+        if encoding_of(node).is_dense:
             return self.ptr(node)
         from .kernels import decode_weight
 

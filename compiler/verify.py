@@ -74,10 +74,16 @@ def _verify_quant(node: Node) -> None:
 
 
 def _verify_const(node: Node) -> None:
+    from .quant.constants import encoding_of
+
+    try:
+        dense = encoding_of(node).is_dense
+    except ValueError as e:
+        raise GraphError(f"{_where(node)}: {e}") from None
     data = node.attrs.get("data")
     if data is None:
         return
-    if node.attrs.get("encoding", "dense") != "dense":
+    if not dense:
         data, raw = node.data, data  # decodes, so a malformed payload fails here
         if data.shape != node.type.shape:
             raise GraphError(f"{_where(node)}: payload decodes to {data.shape}, type says "

@@ -49,6 +49,7 @@ import numpy as np
 
 from npuc.ir import DType, Node
 from npuc.ops import INTEGER, OPS, macs
+from npuc.quant.constants import encoding_of
 
 from .systolic import gemm_cycles
 from .tiling import Traffic, gemm_traffic, stream_traffic
@@ -107,7 +108,8 @@ def supports(engine: str, node: Node, target=None) -> str | None:  # noqa: ANN00
                 return "int16 activations: the array has no int16 mode"
             if (_decode_kind(node, target.npu) is not None and target.dsp is None
                     and target.cpu is None):
-                return f"{_encoding(node.inputs[1])} weights need a DSP or CPU to decode them"
+                return (f"{encoding_of(node.inputs[1]).name} weights need a DSP or CPU to "
+                        "decode them")
         return None
     if engine == "dsp":
         return "float op" if floating else None
@@ -163,35 +165,18 @@ def _weight(node: Node) -> Node | None:
     return node.inputs[1]
 
 
-def _encoding(w: Node) -> str:
-    """The format name of a constant: "dense", "int4", "ternary", "palette4", ..."""
-    return w.attrs.get("encoding", "dense").split(":")[0]
-
-
-def _lut_format(encoding: str) -> bool:
-    return encoding == "ternary" or encoding.startswith("palette")
-
-
 def _stored_bits(w: Node) -> int:
     """Bits per element of a constant's stored codes (or values)."""
-    encoding = _encoding(w)
-    if encoding == "dense":
+    enc = encoding_of(w)
+    if enc.is_dense:
         return w.dtype.numpy.itemsize * 8  # as numpy holds it (i4 takes a byte)
-    if encoding == "sparse":
-        return 8  # the nonzero values (the bitmap is counted apart)
-    if encoding == "ternary":
-        return 2
-    return int(encoding.removeprefix("palette").removeprefix("int"))
+    return enc.bits  # a sparse constant's nonzero values: the bitmap is counted apart
 
 
 def _lut_bytes(w: Node) -> int:
     """Bytes of an encoded constant's LUT (0 without one)."""
-    if not _lut_format(_encoding(w)) or w.attrs.get("data") is None:
-        return 0
-    from npuc.quant.constants import split_payload
-
-    lut = split_payload(w)[1]
-    return 0 if lut is None else lut.nbytes
+    enc = encoding_of(w)
+    return enc.lut_rows * enc.lut_width if enc.is_lut and w.attrs.get("data") is not None else 0
 
 
 _DENSITY: weakref.WeakKeyDictionary[Node, float] = weakref.WeakKeyDictionary()
@@ -226,12 +211,12 @@ def _decode_kind(node: Node, npu) -> str | None:  # noqa: ANN001
     w = _weight(node)
     if w is None:
         return None
-    encoding = _encoding(w)
-    if _lut_format(encoding):
+    enc = encoding_of(w)
+    if enc.is_lut:
         return None if npu.palette_decode else "lut"
-    if encoding == "sparse":  # a sparsity-aware array reads the bitmap and values itself
+    if enc.kind == "sparse":  # a sparsity-aware array reads the bitmap and values itself
         return None if npu.zero_skipping else "unpack"
-    if encoding.startswith("int") and int(encoding[3:]) not in (8, npu.weight_bits):
+    if enc.kind == "int" and enc.bits != npu.weight_bits:
         return "unpack"
     return None
 
@@ -249,8 +234,8 @@ def _weight_bits(node: Node) -> int:
     w = _weight(node)
     if w is None:
         return 8
-    encoding = _encoding(w)
-    return int(encoding[3:]) if encoding.startswith("int") else 8
+    enc = encoding_of(w)
+    return enc.bits if enc.kind == "int" else 8
 
 
 # ------------------------------------------------------------------ cost
@@ -362,7 +347,7 @@ def _vector_ops(node: Node, work: int) -> int:
     if cost.kind != "gemm":
         return _elements(node) * cost.per_element
     w = _weight(node)
-    return work + (w.type.size if w is not None and _encoding(w) != "dense" else 0)
+    return work + (w.type.size if w is not None and not encoding_of(w).is_dense else 0)
 
 
 def _elements(node: Node) -> int:

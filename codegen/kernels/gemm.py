@@ -44,6 +44,7 @@ from npuc.errors import UnsupportedError
 from npuc.ir import Node, TensorType
 from npuc.ops.quantized import _gemm_scales, per_tensor
 from npuc.quant import arith
+from npuc.quant.constants import encoding_of
 
 from ..view import Context, Kernel, ctype, limits
 from . import kernel
@@ -165,7 +166,7 @@ def _weights(ctx: Context, w: Node, rows: int, k: int, x: Lhs,
     params = {"w_t": "npuc_i8", "wrow": kp, "kp": kp, "reorder": None,
               "dot": plan_dot(kp, x.bound * _weight_bound(w)),
               "correction": x.pad * gemm.sum(axis=1)}
-    if w.attrs.get("encoding", "dense") == "dense":
+    if encoding_of(w).is_dense:
         padded = np.zeros((rows, kp), np.int8)
         padded[:, :k] = gemm
         params["w"] = ctx.array(padded, "npuc_i8", f"{w.loc or 'weight'}: rows in GEMM order")

@@ -24,35 +24,28 @@ import numpy as np
 
 from npuc.errors import UnsupportedError
 from npuc.ir import Node
-from npuc.quant.constants import lut_width, split_payload
+from npuc.quant.constants import split_payload
 
 from ..view import Context, Kernel
 
 
 def decode_kernel(node: Node, out: str, ctx: Context) -> Kernel:
     """The `decode` template writing the int8 values of encoded const `node` to `out`."""
-    encoding = node.attrs.get("encoding", "dense")
-    name, lut, codes = split_payload(node)
+    enc, lut, codes = split_payload(node)
     count = math.prod(node.shape)
     payload = np.asarray(node.attrs["data"], dtype=np.uint8).ravel()
-    if name == "sparse":
+    if enc.kind == "sparse":
         stored = ctx.array(payload, "npuc_u8", f"{node.loc or 'weight'}: sparse ({count} values)")
         return Kernel("decode", {"out": out, "payload": stored, "count": count,
                                  "sparse": {"values_at": -(-count // 8)}, "lut": None})
-    if name.startswith("int") and name[3:].isdigit() and 2 <= int(name[3:]) <= 7:
-        bits, signed = int(name[3:]), True
-    elif name == "ternary":
-        bits, signed = 2, False
-    elif name.startswith("palette") and name[7:].isdigit() and 1 <= int(name[7:]) <= 8:
-        bits, signed = int(name[7:]), False
-    else:
-        raise UnsupportedError(f"no C decoder for {encoding} weights", op=node.op, loc=node.loc,
+    if enc.kind not in ("int", "ternary", "palette"):
+        raise UnsupportedError(f"no C decoder for {enc} weights", op=node.op, loc=node.loc,
                                stage="emit-c")
     stored = ctx.array(np.concatenate([payload, np.zeros(1, np.uint8)]), "npuc_u8",
-                       f"{node.loc or 'weight'}: {encoding} ({count} values)")
+                       f"{node.loc or 'weight'}: {enc} ({count} values)")
     params = {
-        "out": out, "payload": stored, "codes_at": payload.size - codes.size, "bits": bits,
-        "mask": (1 << bits) - 1, "half": 1 << (bits - 1), "signed": signed,
+        "out": out, "payload": stored, "codes_at": payload.size - codes.size, "bits": enc.bits,
+        "mask": (1 << enc.bits) - 1, "half": 1 << (enc.bits - 1), "signed": enc.kind == "int",
         "groups": count // 8, "count": count, "lut": None, "sparse": None,
     }
     if lut is not None:
@@ -60,8 +53,8 @@ def decode_kernel(node: Node, out: str, ctx: Context) -> Kernel:
         axis = quant.axis if quant is not None and quant.axis is not None else 0
         channels = node.shape[axis]
         rows = lut.shape[0]
-        if lut.shape[1] != lut_width(name) or channels % rows:
-            raise UnsupportedError(f"{encoding} weight of shape {node.shape}: bad LUT "
+        if lut.shape[1] != enc.lut_width or channels % rows:
+            raise UnsupportedError(f"{enc} weight of shape {node.shape}: bad LUT "
                                    f"{lut.shape}", op=node.op, loc=node.loc, stage="emit-c")
         params["lut"] = {"outer": math.prod(node.shape[:axis]), "channels": channels,
                          "inner": math.prod(node.shape[axis + 1:]),

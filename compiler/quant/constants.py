@@ -13,39 +13,39 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Attrs, DType, Node, QuantParams, TensorType, const, digest
-from .weights import EncodedWeight, decode
+from .weights import EncodedWeight, Encoding, decode, parse_encoding
 
 
 def encoded_const(encoded: EncodedWeight, quant: QuantParams, loc: str | None = None) -> Node:
     """The const node storing `encoded` (dense int8 stays an ordinary int8 constant)."""
     if encoded.encoding == "dense":
         return const(encoded.values, DType.I8, loc, quant)
-    encoding, parts = encoded.encoding, [encoded.payload.astype(np.uint8).ravel()]
+    enc, parts = parse_encoding(encoded.encoding), [encoded.payload.astype(np.uint8).ravel()]
     if encoded.lut is not None:
-        encoding += f":g{encoded.lut.shape[0]}"
+        enc = Encoding(enc.kind, enc.bits, encoded.lut.shape[0])
         parts.insert(0, encoded.lut.astype(np.int8).view(np.uint8).ravel())
     payload = np.concatenate(parts)
-    attrs = Attrs({"data": payload, "digest": digest(payload), "encoding": encoding})
+    attrs = Attrs({"data": payload, "digest": digest(payload), "encoding": str(enc)})
     return Node("const", (), attrs, TensorType(encoded.values.shape, DType.I8, quant), loc)
 
 
-def lut_width(encoding: str) -> int:
-    """Entries per LUT row: 4 for ternary (one unused), 2**bits for "palette<bits>"."""
-    return 4 if encoding == "ternary" else 1 << int(encoding.removeprefix("palette"))
+def encoding_of(node: Node) -> Encoding:
+    """The parsed `encoding` of a const node (dense for any other node)."""
+    return parse_encoding(node.attrs.get("encoding", "dense") if node.is_const else "dense")
 
 
-def split_payload(node: Node) -> tuple[str, np.ndarray | None, np.ndarray]:
-    """(format name, LUT rows or None, packed codes) of an encoded constant."""
-    name, _, rows = node.attrs["encoding"].partition(":g")
+def split_payload(node: Node) -> tuple[Encoding, np.ndarray | None, np.ndarray]:
+    """(encoding, LUT rows or None, packed codes) of an encoded constant."""
+    enc = encoding_of(node)
     payload = node.attrs["data"]
-    if not rows:
-        return name, None, payload
-    size = int(rows) * lut_width(name)
-    return name, payload[:size].view(np.int8).reshape(int(rows), -1), payload[size:]
+    if not enc.lut_rows:
+        return enc, None, payload
+    size = enc.lut_rows * enc.lut_width
+    return enc, payload[:size].view(np.int8).reshape(enc.lut_rows, -1), payload[size:]
 
 
 def decode_const(node: Node) -> np.ndarray:
     """The logical int8 values of an encoded constant."""
-    name, lut, codes = split_payload(node)
+    enc, lut, codes = split_payload(node)
     axis = node.type.quant.axis if node.type.quant and node.type.quant.axis is not None else 0
-    return decode(name, codes, lut, node.shape, axis)
+    return decode(enc, codes, lut, node.shape, axis)

@@ -37,6 +37,7 @@ the calibrated one lowers its error on the outputs X w_c, so calibrating never m
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -47,7 +48,6 @@ ACCEPTED_FORMATS = ("int2..int8, sparse (int8, zeros compressed), ternary, palet
                     "or palette<b>:g<N> (N contiguous groups of channels, one LUT each)")
 _SPEC = re.compile(r"int(?P<int>[2-8])|ternary|sparse"
                    r"|palette(?P<palette>[1-8])(?::g(?P<groups>[1-9]\d*))?")
-_ENCODING = re.compile(r"dense|int(?P<int>[2-7])|ternary|sparse|palette(?P<palette>[1-8])")
 _BITS = {"int": (2, 8), "sparse": (8, 8), "ternary": (2, 2), "palette": (1, 8)}
 
 # int b < 8: clip thresholds tried, as fractions of each channel's |w|max; they reach down to 0.2
@@ -91,6 +91,66 @@ class WeightFormat:
     def encoding(self) -> str:
         """The `EncodedWeight.encoding` this format produces."""
         return "dense" if (self.kind, self.bits) == ("int", 8) else str(self).split(":")[0]
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How a constant is stored: the `encoding` attribute of a const node, parsed once
+    (`parse_encoding`); `str()` gives the attribute back.
+
+    kind "dense" (the values' own bytes), "int" (bits 2..7, packed), "sparse" (bitmap + nonzero
+    int8 values), "ternary" (2-bit codes) or "palette" (bits 1..8 codes); `lut_rows` is the number
+    of LUT rows stored before the codes of a LUT format (0 when the attribute names none, as an
+    `EncodedWeight` does before it becomes a constant).
+    """
+
+    kind: str
+    bits: int = 8
+    lut_rows: int = 0
+
+    @property
+    def name(self) -> str:
+        """The format without its LUT rows: "dense", "int4", "sparse", "ternary", "palette4"."""
+        return self.kind + (str(self.bits) if self.kind in ("int", "palette") else "")
+
+    @property
+    def is_dense(self) -> bool:
+        return self.kind == "dense"
+
+    @property
+    def is_lut(self) -> bool:
+        """Codes looked up in a LUT (ternary, palette) rather than the values themselves."""
+        return self.kind in ("ternary", "palette")
+
+    @property
+    def lut_width(self) -> int:
+        """Entries per LUT row: 4 for ternary (one unused), 2**bits for a palette."""
+        return 4 if self.kind == "ternary" else 1 << self.bits
+
+    def __str__(self) -> str:
+        return self.name + (f":g{self.lut_rows}" if self.lut_rows else "")
+
+
+_STORED = re.compile(r"(?P<name>dense|int(?P<int>[2-7])|ternary|sparse|palette(?P<palette>[1-8]))"
+                     r"(?::g(?P<rows>[1-9]\d*))?")
+
+
+@functools.lru_cache(maxsize=256)
+def parse_encoding(text: str | Encoding) -> Encoding:
+    """The Encoding of an `encoding` attribute ("dense", "int4", "sparse", "palette4:g8",
+    "ternary:g64"); ValueError naming the accepted forms for anything else."""
+    if isinstance(text, Encoding):
+        return text
+    match = _STORED.fullmatch(text) if isinstance(text, str) else None
+    if match is None or (match["rows"] and match["name"] != "ternary" and not match["palette"]):
+        raise ValueError(f"unknown weight encoding {text!r}: expected dense, int2..int7, sparse, "
+                         "ternary[:g<rows>] or palette1..palette8[:g<rows>]")
+    rows = int(match["rows"] or 0)
+    if match["int"]:
+        return Encoding("int", int(match["int"]))
+    if match["palette"]:
+        return Encoding("palette", int(match["palette"]), rows)
+    return Encoding("ternary", 2, rows) if match["name"] == "ternary" else Encoding(match["name"])
 
 
 def parse_weight_format(spec: str | WeightFormat) -> WeightFormat:
@@ -181,34 +241,29 @@ def _check_bits(bits: int) -> None:
 # ------------------------------------------------------------------ decode
 
 
-def decode(encoding: str, payload: np.ndarray, lut: np.ndarray | None, shape: tuple[int, ...],
-           axis: int = 0) -> np.ndarray:
+def decode(encoding: str | Encoding, payload: np.ndarray, lut: np.ndarray | None,
+           shape: tuple[int, ...], axis: int = 0) -> np.ndarray:
     """The int8 logical values of a stored weight of `shape` (channels along `axis`)."""
     shape = tuple(int(d) for d in shape)
     axis = _normalise_axis(axis, len(shape))
     count = math.prod(shape)
-    match = _ENCODING.fullmatch(encoding) if isinstance(encoding, str) else None
-    if match is None:
-        raise ValueError(f"unknown weight encoding {encoding!r}: expected dense, int2..int7, "
-                         "sparse, ternary or palette1..palette8")
-    if encoding == "dense":
-        return unpack_bits(payload, 8, count, signed=True).reshape(shape)
-    if encoding == "sparse":
+    enc = parse_encoding(encoding)
+    if enc.kind in ("dense", "int"):
+        return unpack_bits(payload, enc.bits, count, signed=True).reshape(shape)
+    if enc.kind == "sparse":
         return _unsparse(np.asarray(payload), count).reshape(shape)
-    if match["int"]:
-        return unpack_bits(payload, int(match["int"]), count, signed=True).reshape(shape)
-    bits = 2 if encoding == "ternary" else int(match["palette"])
-    codes = unpack_bits(payload, bits, count, signed=False)
+    codes = unpack_bits(payload, enc.bits, count, signed=False)
     channels = shape[axis]
     lut = np.asarray(lut)
-    if encoding == "ternary":
+    if enc.kind == "ternary":
         ok = lut.shape == (channels, 4)
     else:
-        ok = lut.ndim == 2 and lut.shape[1] == 1 << bits and _divides(lut.shape[0], channels)
+        ok = lut.ndim == 2 and lut.shape[1] == enc.lut_width and _divides(lut.shape[0], channels)
     if lut.dtype != np.int8 or not ok:
-        raise ValueError(f"{encoding} weight of shape {shape} (axis {axis}): bad lut "
+        raise ValueError(f"{enc.name} weight of shape {shape} (axis {axis}): bad lut "
                          f"{lut.dtype} {lut.shape}; expected int8 "
-                         + ("(C, 4)" if encoding == "ternary" else f"(G, {1 << bits}), C % G == 0"))
+                         + ("(C, 4)" if enc.kind == "ternary" else f"(G, {enc.lut_width}), "
+                                                                    "C % G == 0"))
     return _lookup(lut, codes, shape, axis)
 
 

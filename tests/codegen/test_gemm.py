@@ -17,6 +17,7 @@ from torch import nn
 import npuc
 from npuc.codegen.kernels import gemm
 from npuc.ir import DType
+from npuc.quant.constants import encoding_of
 from tests import models
 from tests.codegen.harness import SANITIZE, assert_bit_exact
 
@@ -126,7 +127,7 @@ def ops(cm: npuc.CompiledModel) -> set[str]:
 
 
 def encodings(cm: npuc.CompiledModel) -> set[str]:
-    return {n.attrs["encoding"].split(":")[0] for n in cm.ir.nodes
+    return {encoding_of(n).name for n in cm.ir.nodes
             if n.is_const and n.attrs.get("encoding", "dense") != "dense"}
 
 

@@ -488,3 +488,33 @@ def test_pruned_weights_compress() -> None:
     assert sparse.nbytes < 0.35 * w.size  # 1/8 bitmap + 20% values
     with pytest.raises(ValueError, match="bitmap marks"):
         decode("sparse", sparse.payload[:-1], None, w.shape)
+
+
+def test_encodings_parse_once_into_values() -> None:
+    """Every stored encoding parses into one frozen Encoding that prints back the same, with
+    its facts (kind, bits, LUT rows and width); anything else is an error naming the forms."""
+    from npuc.quant.weights import Encoding, parse_encoding
+
+    valid = (["dense", "sparse", "ternary", "ternary:g64"] + [f"int{b}" for b in range(2, 8)]
+             + [f"palette{b}" for b in range(1, 9)] + ["palette4:g8", "palette1:g3"])
+    for text in valid:
+        assert str(parse_encoding(text)) == text
+    assert parse_encoding("palette4:g8") == Encoding("palette", 4, 8)
+    assert parse_encoding("palette4:g8").lut_width == 16
+    assert parse_encoding("ternary:g5").lut_width == 4
+    assert parse_encoding("int4").name == "int4" and not parse_encoding("int4").is_lut
+    assert parse_encoding("ternary:g5").is_lut and parse_encoding("dense").is_dense
+    for text in ("int8", "int1", "palette9", "int4:g2", "sparse:g2", "palette4:g0", "Int4", ""):
+        with pytest.raises(ValueError, match="unknown weight encoding"):
+            parse_encoding(text)
+
+
+def test_verify_rejects_an_unknown_encoding() -> None:
+    from npuc.ir import Attrs, DType, Graph, Node, TensorType, digest
+    from npuc.verify import GraphError
+
+    payload = np.zeros(2, np.uint8)
+    w = Node("const", (), Attrs({"data": payload, "digest": digest(payload),
+                                 "encoding": "int9"}), TensorType((4,), DType.I8), "w")
+    with pytest.raises(GraphError, match="unknown weight encoding 'int9'"):
+        Graph((), (w,), "g").verify()
