@@ -112,7 +112,7 @@ def column_absmax(groups: list[Group], scales: dict[Group, np.ndarray]) -> dict[
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)  # searched when alpha is None
 MARGIN = 1e-3  # a searched s must beat no smoothing by this much (relative): float noise won't
 MAX_ROUNDS = 16  # search rounds per group (each lowers the error by MARGIN at least)
-SEARCH_ROWS, SEARCH_OUTPUTS = 256, 256
+SEARCH_ROWS, SEARCH_OUTPUTS = 256, 128
 
 
 def consumer_weights(g: Group, scales: dict[Group, np.ndarray]) -> np.ndarray:
@@ -124,11 +124,12 @@ def consumer_weights(g: Group, scales: dict[Group, np.ndarray]) -> np.ndarray:
 
 
 def w8a8_error(profile: Profile, w: np.ndarray, s: np.ndarray, bits: tuple[int, int] = (8, 8),
-               ) -> float:
+               ref: np.ndarray | None = None) -> float:
     """Relative squared error of the consumers' outputs on the sampled rows when the
     activation is divided by `s` and stored per tensor (asymmetric, over its calibrated range)
     and the weights are multiplied by `s` and stored symmetric per output channel, as the
-    quantize pass does; `bits` = (activation, weight) bits, W8A8 by default."""
+    quantize pass does; `bits` = (activation, weight) bits, W8A8 by default. `ref`: the float
+    outputs samples @ w.T, which no s changes (passed in so a search computes them once)."""
     levels, wmax = (1 << bits[0]) - 1, (1 << (bits[1] - 1)) - 1
     x = profile.samples / s
     lo, hi = min(0.0, float((profile.lo / s).min())), max(0.0, float((profile.hi / s).max()))
@@ -139,7 +140,7 @@ def w8a8_error(profile: Profile, w: np.ndarray, s: np.ndarray, bits: tuple[int, 
     wstep = np.abs(ws).max(axis=1, keepdims=True) / wmax
     wstep[wstep == 0] = 1.0
     wq = np.clip(np.rint(ws / wstep), -wmax, wmax) * wstep
-    ref = profile.samples @ w.T
+    ref = profile.samples @ w.T if ref is None else ref
     return float(np.sum((xq @ wq.T - ref) ** 2) / max(float(np.sum(ref ** 2)), 1e-300))
 
 
@@ -163,11 +164,12 @@ def _search(profile: Profile, w: np.ndarray, live: np.ndarray, bits: tuple[int, 
         :: max(1, len(profile.samples) // SEARCH_ROWS)][:SEARCH_ROWS])
     wmax = np.abs(w).max(axis=0)  # over every consumer row, as SmoothQuant's s is defined
     w = w[:: max(1, len(w) // SEARCH_OUTPUTS)][:SEARCH_OUTPUTS]
+    ref = profile.samples @ w.T  # X W^T = (X / s)(W s)^T: the same for every candidate
     for _ in range(MAX_ROUNDS):
         x = profile.absmax
-        none = w8a8_error(profile, w, np.ones(len(x)), bits)
+        none = w8a8_error(profile, w, np.ones(len(x)), bits, ref)
         candidates = {a: _scale(x, wmax, live, a) for a in ALPHAS}
-        errors = {a: w8a8_error(profile, w, s, bits) for a, s in candidates.items()}
+        errors = {a: w8a8_error(profile, w, s, bits, ref) for a, s in candidates.items()}
         a = min(errors, key=errors.get)
         if not errors[a] < none * (1 - MARGIN) or np.all(candidates[a] == 1):
             break
