@@ -3,7 +3,8 @@
 The algebra every exact re-parameterisation shares. With s, t per channel:
     fold_output_affine(L, s, t)(x) == L(x) * s + t          (s, t over L's output channels)
     fold_input_affine(L, s, t)(x)  == L(x * s + t)          (s, t over L's input channels)
-`channel_vector` reads a constant operand as such a per-channel vector, where it is one.
+`channel_vector` (from passes/channels.py, the channel-dependency analysis) reads a constant
+operand as such a per-channel vector, where it is one.
 The input form is exact only where every output sees every input tap: a padded conv pads the
 *transformed* input with zeros, so a shift t != 0 there is refused (returns None).
 Weights are recomputed in float64 and stored in the layer's dtype.
@@ -16,22 +17,12 @@ import numpy as np
 from npuc.ir import Node, const
 from npuc.ops import make
 
-LAYERS = ("conv", "conv_transpose", "linear")
+# The channel facts live with the channel-dependency analysis; the passes that fold affine maps
+# import them from here too.
+from .channels import LAYERS, channel_axis, channel_vector, is_layer, out_channels
 
-
-def is_layer(node: Node) -> bool:
-    """A conv/conv_transpose/linear whose weight (and bias, if any) are constants with data."""
-    return (node.op in LAYERS and all(i.is_const and i.attrs.get("data") is not None
-                                      for i in node.inputs[1:]))
-
-
-def channel_axis(node: Node) -> int:
-    """The axis of the layer's input and output that holds channels."""
-    return len(node.shape) - 1 if node.op == "linear" else 1
-
-
-def out_channels(node: Node) -> int:
-    return node.shape[channel_axis(node)]
+__all__ = ["LAYERS", "channel_axis", "channel_vector", "fold_input_affine", "fold_output_affine",
+           "is_layer", "out_channels"]
 
 
 def _weights(node: Node) -> tuple[np.ndarray, np.ndarray]:
@@ -94,19 +85,3 @@ def fold_input_affine(node: Node, scale: np.ndarray, shift: np.ndarray,
     spatial = tuple(range(2, w.ndim))
     b = b + (w.sum(axis=spatial) * shift[per_out]).sum(axis=1)
     return _rebuild(node, x, w * s, b)
-
-
-def channel_vector(c: Node, shape: tuple[int, ...], axis: int) -> np.ndarray | None:
-    """The per-channel values (float64, one per index of `axis`) of constant `c` when `c`
-    broadcasts against a value of `shape` along `axis` only without growing it; else None."""
-    if not c.is_const or c.attrs.get("data") is None or not c.dtype.is_float:
-        return None
-    data = c.data
-    if data.ndim > len(shape):
-        return None
-    full = data.reshape((1,) * (len(shape) - data.ndim) + data.shape)
-    for i, (n, m) in enumerate(zip(full.shape, shape, strict=True)):
-        if n != 1 and (i != axis or n != m):
-            return None
-    target = tuple(shape[i] if i == axis else 1 for i in range(len(shape)))
-    return np.broadcast_to(full, target).reshape(-1).astype(np.float64)

@@ -42,46 +42,12 @@ from npuc.ops import make
 from npuc.pipeline import PassContext, plural, register_pass
 from npuc.rewrite import rewrite
 
-from .channel_affine import (
-    channel_axis,
-    channel_vector,
-    fold_input_affine,
-    fold_output_affine,
-    is_layer,
-)
+from .channel_affine import fold_input_affine, fold_output_affine
+from .channels import AFFINE as _AFFINE
+from .channels import channel_axis, is_layer, moved_axis, per_channel_affine
 
-_AFFINE = ("mul", "div", "add", "sub", "neg")
 _MOVES = ("reshape", "permute")
 _MERGEABLE = ("conv", "linear")
-
-
-def per_channel_affine(node: Node, value: Node, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(scale, shift) with node == value * scale + shift per channel of `axis`, when `node` is
-    mul/div/add/sub/neg of `value` and a per-channel constant; else None."""
-    if node.op not in _AFFINE or node.shape != value.shape or node.dtype != value.dtype:
-        return None
-    channels = value.shape[axis]
-    ones, zeros = np.ones(channels), np.zeros(channels)
-    if node.op == "neg":
-        return -ones, zeros
-    a, b = node.inputs
-    if (a is value) == (b is value):  # op(v, v) or v not an operand
-        return None
-    first = a is value
-    c = channel_vector(b if first else a, value.shape, axis)
-    if c is None:
-        return None
-    if node.op == "mul":
-        return c, zeros
-    if node.op == "add":
-        return ones, c
-    if node.op == "sub":
-        return (ones, -c) if first else (-ones, c)
-    with np.errstate(divide="ignore"):
-        inverse = 1 / c
-    if first and np.all(np.isfinite(inverse)):  # div by a nonzero constant: a scale
-        return inverse, zeros
-    return None
 
 
 def _dense(layer: Node) -> np.ndarray:
@@ -275,24 +241,11 @@ def _unpadded_1x1(conv: Node) -> bool:
     return all(k == 1 for k in conv.inputs[1].shape[2:]) and not any(conv.attrs["padding"])
 
 
-def _moved_axis(move: Node, axis: int) -> int | None:
-    """Where channel `axis` of move's input sits in its output, if every channel index stays."""
-    if move.op == "permute":
-        return list(move.attrs["perm"]).index(axis)
-    src, dst = move.inputs[0].shape, move.shape
-    outer, inner = int(np.prod(src[:axis])), int(np.prod(src[axis + 1:]))
-    for b in range(len(dst)):
-        if (int(np.prod(dst[:b])), dst[b], int(np.prod(dst[b + 1:]))) == \
-                (outer, src[axis], inner):
-            return b
-    return None
-
-
 def _track_channel(first: Node, moves: list[Node]) -> list[int] | None:
     """The channel axis of first's output, then after each move; None if a move mixes it."""
     axes = [channel_axis(first) % len(first.shape)]
     for move in moves:
-        axis = _moved_axis(move, axes[-1])
+        axis = moved_axis(move, axes[-1])
         if axis is None:
             return None
         axes.append(axis)
