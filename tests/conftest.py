@@ -78,3 +78,12 @@ def rel_error(got: np.ndarray, want: np.ndarray) -> float:
     """||got - want|| / max(||want||, 1e-12), in float64."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12))
+
+
+# The options a pass cannot run without (it has no default that fits every graph), for the
+# tests that run every registered pass.
+REQUIRED_OPTIONS: dict[str, dict] = {"lowrank": {"energy": 0.9, "progress": False}}
+
+
+def required_options(name: str) -> dict:
+    return dict(REQUIRED_OPTIONS.get(name, {}))

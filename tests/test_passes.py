@@ -10,6 +10,7 @@ from npuc import passes
 from npuc.ir import Graph, structurally_equal
 from npuc.pipeline import REGISTRY, PassContext, register_pass
 from npuc.printer import print_graph
+from tests.conftest import required_options
 
 HEAD = "graph @g(%x: tensor<2x4xf32>) -> (tensor<2x4xf32>) {\n"
 
@@ -122,7 +123,7 @@ def test_passes_never_mutate_their_input() -> None:
     before = print_graph(g, constants=True)
     x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
     for name in passes.names():  # calibration for the passes that collect statistics
-        passes.apply(g, name, ctx=PassContext(calibration=[(x,)]))
+        passes.apply(g, name, ctx=PassContext(calibration=[(x,)]), **required_options(name))
     assert print_graph(g, constants=True) == before
 
 

@@ -14,6 +14,7 @@ from npuc import passes
 from npuc.ir import DType
 from npuc.pipeline import REGISTRY, CalibrationError, PassContext
 from npuc.printer import print_graph
+from tests.conftest import required_options
 
 
 class NormFanout(nn.Module):
@@ -54,11 +55,12 @@ def test_apply_takes_calibration(fanout: tuple, name: str) -> None:
     """Every pass that declares it needs data runs through apply(..., calibration=) exactly as
     through a hand-built PassContext, and is refused without it, naming the pass."""
     graph, data = fanout
-    by_keyword = passes.apply(graph, name, calibration=data)
-    by_ctx = passes.apply(graph, name, ctx=PassContext(calibration=data))
+    options = required_options(name)
+    by_keyword = passes.apply(graph, name, calibration=data, **options)
+    by_ctx = passes.apply(graph, name, ctx=PassContext(calibration=data), **options)
     assert print_graph(by_keyword, constants=True) == print_graph(by_ctx, constants=True)
     with pytest.raises(CalibrationError, match=f"pass {name} needs calibration.*calibration="):
-        passes.apply(graph, name)
+        passes.apply(graph, name, **options)
 
 
 def test_smoothquant_through_apply_changes_the_graph(fanout: tuple) -> None:
