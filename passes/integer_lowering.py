@@ -74,9 +74,11 @@ class Lowering:
     """The state of one lowering: planned specs, lowered values, and how to build integer nodes."""
 
     def __init__(self, specs: dict[Node, Spec], formats: Callable[[str | None], Any],
-                 stats: Stats, wide_gemms: bool = False) -> None:
+                 stats: Stats, wide_gemms: bool | frozenset[Node] = False) -> None:
         self.specs, self.formats, self.stats = specs, formats, stats
-        self.wide_gemms = wide_gemms  # int16 activations into MACs (16x8), not narrowed
+        # int16 activations a MAC array multiplies as int16 (16x8), not narrowed to int8: all
+        # of them (True), or these float values
+        self.wide_gemms = wide_gemms
         self.env: dict[Node, Node] = {}
 
     def spec(self, node: Node) -> Spec:
@@ -99,11 +101,13 @@ class Lowering:
 
     def gemm_operand(self, node: Node, narrow: bool = False) -> Node:
         """An activation a MAC array multiplies: int8, rescaled from int16 when the plan made it
-        wide, unless the target multiplies int16 by int8 (`wide_gemms`) and this is not the
-        `narrow` side of a product of two activations (int16 x int16 products would overflow an
-        int32 accumulator after a few terms)."""
+        wide, unless `wide_gemms` keeps it int16 (16x8 MACs) and this is not the `narrow` side
+        of a product of two activations (int16 x int16 products would overflow an int32
+        accumulator after a few terms)."""
         spec = self.specs.get(node)
-        if spec is None or spec.dtype != DType.I16 or self.wide_gemms and not narrow:
+        wide = self.wide_gemms is True or (not isinstance(self.wide_gemms, bool)
+                                           and node in self.wide_gemms)
+        if spec is None or spec.dtype != DType.I16 or wide and not narrow:
             return self.operand(node)
         lo, hi = self.stats.ranges.get(node, (0.0, 0.0))
         return self.operand(node, _params(lo, hi, DType.I8))
@@ -132,7 +136,8 @@ def unsupported(node: Node, why: str, hint: str) -> UnsupportedError:
 
 
 def lower(graph: Graph, specs: dict[Node, Spec], formats: Callable[[str | None], Any],
-          stats: Stats, wide_gemms: bool = False) -> tuple[Graph, dict[Node, Node]]:
+          stats: Stats, wide_gemms: bool | frozenset[Node] = False
+          ) -> tuple[Graph, dict[Node, Node]]:
     """The integer-only graph and {lowered value: float value it represents}; `wide_gemms`
     keeps int16 activations as int16 MAC operands (see `Lowering.gemm_operand`)."""
     lowering = Lowering(specs, formats, stats, wide_gemms)

@@ -310,7 +310,7 @@ def _optimise(fq: FakeQuant, calibration: Sequence[tuple], reference: list[list[
     return best
 
 
-@register_pass("mobilequant")
+@register_pass("mobilequant", calibration=True)
 def mobilequant(graph: Graph, ctx: PassContext, *, steps: int = 100, lr: float = 1e-3,
                 alpha: float = 0.5, shared_norms: bool = False, progress: bool = True) -> Graph:
     """Jointly learn smoothing scales and activation ranges for W8A8 (MobileQuant)."""

@@ -69,6 +69,7 @@ def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
              percentile: float = 99.99, weights: str | None = None,
              layers: dict[str, str] | None = None,
              int16: tuple[str, ...] | list[str] | None = None,
+             int16_mac: tuple[str, ...] | list[str] | None = None,
              observers: dict[str, str] | None = None,
              activations: str | None = None, bias_correction: bool | None = None,
              progress: bool | None = None) -> Graph:
@@ -80,6 +81,9 @@ def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
     weights: the weight format of every layer ("int8", "int4".."int2", "ternary", "palette4",
     "palette4:g8", ...); layers: {module-path glob: format} overrides per layer.
     int16: ops whose operands are int16 (default from the target, e.g. softmax, layer_norm).
+    int16_mac: ops whose results are int16 and stay int16 where a GEMM multiplies them (16x8
+    MACs, at the NPU's int16_rate) instead of being narrowed to int8 first (default from the
+    target: npu-int8 keeps GELU outputs, the inputs of an FFN's second linear).
     activations: "int8" (default: int8, int16 where `int16` says) or "int16" (every activation).
     bias_correction: fold each layer's mean weight-quantization error on the calibration inputs
     into its bias; None (default): measured, kept only if it lowers the output error on the
@@ -92,6 +96,8 @@ def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
                             defaults.get("observers", {}))
     weights = weights or defaults.get("weights", "int8")
     wide_ops = frozenset(check_wide_ops(int16 if int16 is not None else defaults.get("int16", ())))
+    mac_ops = frozenset(check_wide_ops(int16_mac if int16_mac is not None
+                                       else defaults.get("int16_mac", ()), "int16_mac"))
     activations = activations or defaults.get("activations", "int8")
     if activations not in ("int8", "int16"):
         raise ValueError(f"quantize: activations must be 'int8' or 'int16', got {activations!r}")
@@ -103,8 +109,9 @@ def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
     float_graph = prepare(graph)
     stats = calibrate(float_graph, calibration, observer, percentile=percentile,
                       progress=progress, by_op=by_op)
-    specs = plan(float_graph, stats, wide_ops, everywhere=activations == "int16")
-    wide_gemms = activations == "int16"
+    macs16 = frozenset(n for n in float_graph.nodes if n.op in mac_ops)
+    specs = plan(float_graph, stats, wide_ops, everywhere=activations == "int16", also=macs16)
+    wide_gemms = activations == "int16" or macs16
     without = dataclasses.replace(stats, channel_means={})
     lowered, origins = lower(float_graph, specs, formats, stats if bias_correction is not False
                              else without, wide_gemms=wide_gemms)
@@ -150,18 +157,19 @@ def check_observers(by_op: Mapping[str, str]) -> dict[str, str]:
 
     if not isinstance(by_op, Mapping):
         raise TypeError(f"quantize: observers is a dict {{op: observer}}, got {by_op!r}")
-    check_wide_ops([op for op in by_op if op != "output"])  # the same op names as int16
+    check_wide_ops([op for op in by_op if op != "output"], "observers")
     bad = {op: o for op, o in by_op.items() if o not in OBSERVERS}
     if bad:
         raise ValueError(f"quantize: observers {bad}: observers are {', '.join(OBSERVERS)}")
     return dict(by_op)
 
 
-def check_wide_ops(ops: Iterable[str]) -> list[str]:
-    """The `int16` option's op names, each an op quantize lowers or "output"; else a ValueError
-    naming the unknown ones and the known ones (a str is refused: it is not a list of names)."""
+def check_wide_ops(ops: Iterable[str], option: str = "int16") -> list[str]:
+    """The op names of an option (`int16`, `int16_mac`, `observers`), each an op quantize lowers
+    or "output"; else a ValueError naming the unknown ones and the known ones (a str is refused:
+    it is not a list of names)."""
     if isinstance(ops, str):
-        raise TypeError(f"quantize: int16 is a list of op names, got the str {ops!r}: write "
+        raise TypeError(f"quantize: {option} is a list of op names, got the str {ops!r}: write "
                         f"[{ops!r}]")
     ops = list(ops)
     known = supported_ops() + ["output"]
@@ -171,7 +179,7 @@ def check_wide_ops(ops: Iterable[str]) -> list[str]:
 
         close = {op: difflib.get_close_matches(op, known, 1) for op in unknown}
         guess = "; ".join(f"{op!r}: did you mean {c[0]!r}?" for op, c in close.items() if c)
-        raise ValueError(f"quantize: int16 names unknown op(s) {unknown}"
+        raise ValueError(f"quantize: {option} names unknown op(s) {unknown}"
                          f"{f' ({guess})' if guess else ''}; known: {', '.join(known)}")
     return ops
 
@@ -406,11 +414,11 @@ SOFTMAX_OUT = {DType.I8: QuantParams((1 / 256,), (-128,)), DType.I16: QuantParam
                                                                                   (0,))}
 
 
-def plan(graph: Graph, stats: Stats, wide_ops: Iterable[str],
-         everywhere: bool = False) -> dict[Node, Spec]:
+def plan(graph: Graph, stats: Stats, wide_ops: Iterable[str], everywhere: bool = False,
+         also: Iterable[Node] = ()) -> dict[Node, Spec]:
     """The dtype and parameters of every float, non-constant, non-mask value (all int16 when
-    `everywhere`)."""
-    wide = set(graph.nodes) if everywhere else wide_values(graph, wide_ops)
+    `everywhere`; `also` these values)."""
+    wide = set(graph.nodes) if everywhere else wide_values(graph, wide_ops) | set(also)
     ranges = dict(stats.ranges)
     for node in graph.nodes:  # a clamp lends its range to a producer that requantizes anyway
         if node.op in CLAMPS:

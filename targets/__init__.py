@@ -119,8 +119,8 @@ class Target:
 # the hardware tables of a target file, each read into its dataclass
 SECTIONS: dict[str, type] = {"npu": NPU, "dsp": DSP, "cpu": CPU, "memory": Memory,
                              "energy": Energy}
-_QUANTIZE = {"int16": list, "weights": str, "observer": str, "activations": str,
-             "observers": dict}
+_QUANTIZE = {"int16": list, "int16_mac": list, "weights": str, "observer": str,
+             "activations": str, "observers": dict}
 _KINDS = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
 
 
@@ -229,10 +229,10 @@ def _check_quantize(options: dict[str, Any], path: Path) -> None:
         if name not in OBSERVERS:
             raise TargetError(f"{path}: 'quantize.observers.{op}' must be one of "
                               f"{', '.join(OBSERVERS)}, got {name!r}")
-    unknown = [op for op in [*options.get("int16", []), *options.get("observers", {})]
-               if op not in OPS and op != "output"]
+    unknown = [op for op in [*options.get("int16", []), *options.get("int16_mac", []),
+                             *options.get("observers", {})] if op not in OPS and op != "output"]
     if unknown:
-        raise TargetError(f"{path}: 'quantize.int16': unknown op(s) {unknown}; list IR ops "
+        raise TargetError(f"{path}: 'quantize': unknown op(s) {unknown}; list IR ops "
                           "(e.g. softmax, layer_norm) or 'output'")
 
 

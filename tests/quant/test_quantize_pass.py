@@ -199,3 +199,22 @@ def test_a_large_bias_on_tiny_weights_fits_int32() -> None:
     qconv = next(n for n in cm.ir.nodes if n.op == "qconv")
     assert np.abs(qconv.inputs[2].data).max() < arith.INT32_MAX
     assert rel_error(cm.run(x.numpy()), reference(conv, (x,))) < 0.01
+
+
+def test_int16_mac_keeps_gelu_outputs_wide_into_the_next_gemm() -> None:
+    """int16_mac: the GELU output stays int16 where the next linear multiplies it (16x8), which
+    the simulator charges at the NPU's int16_rate; without it, the output is int8. A name that is
+    not an op is refused."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(),
+                                torch.nn.Linear(64, 32)).eval()
+    x = torch.randn(8, 32)
+    rows = {}
+    for macs16 in ([], ["gelu"]):
+        cm = npuc.compile(model, (x,), passes={"quantize": {"int16_mac": macs16}})
+        second = [n for n in cm.ir.nodes if n.op == "qlinear"][1]
+        assert second.inputs[0].dtype == (DType.I16 if macs16 else DType.I8)
+        rows[bool(macs16)] = [r for r in cm.simulate().rows if r.op == "qlinear"][1]
+    assert rows[True].compute_cycles == 2 * rows[False].compute_cycles  # int16_rate 0.5
+    with pytest.raises(PassError, match="int16_mac names unknown op.*did you mean 'gelu'"):
+        npuc.compile(model, (x,), passes={"quantize": {"int16_mac": ["gelu_typo"]}})
