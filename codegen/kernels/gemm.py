@@ -5,14 +5,17 @@ integer semantics of `npuc.ops.quantized`, computed by one loop nest (`ops/gemm.
 and group:
 
 - rows: the activations into a tile of rows in scratch, each zero-padded to a multiple of
-  `VECTOR` terms (`Lhs`): with 8-bit activations and constant weights as unsigned bytes
-  x + 128, so each product is u8 x s8 (AVX-512 VNNI's vpdpbusd, which gcc -march=native emits
-  from the plain loop), the zero point returning as a per-channel bias (zp - sub) * sum(w);
-  otherwise centred x - zp, int16 (int32 when that does not fit). A linear's or matmul's rows
-  are its input rows; a pointwise conv's are its input columns (a transpose); any other conv's
-  are im2col patches in (tap, channel) order, copied as contiguous runs from a channel-last,
-  padded (with the value of a real zero; for a conv_transpose also zero-stuffed: it is the
-  stride-1 conv of that input with flipped, in/out-swapped weights) copy of the image.
+  `VECTOR` terms (`Lhs`): with 8-bit activations and constant weights, the C compiler picks the
+  layout (`NPUC_U8_ROWS` in npuc_runtime.h): unsigned bytes x + 128 where the CPU has a u8 x s8
+  dot product (AVX-512 VNNI / AVX-VNNI vpdpbusd, which gcc and clang emit from the plain loop),
+  the zero point returning as a per-channel term (zp + 128) * sum(w) taken off each sum; else
+  centred int16 x - zp (pmaddwd on AVX2: 3.3x faster there than u8 rows, which compilers
+  multiply in 16 bits and widen). Otherwise centred x - zp, int16 (int32 when that does not
+  fit). A linear's or matmul's rows are its input rows; a pointwise conv's are its input
+  columns (a transpose); any other conv's are im2col patches in (tap, channel) order, copied
+  as contiguous runs from a channel-last, padded (with the value of a real zero; for a
+  conv_transpose also zero-stuffed: it is the stride-1 conv of that input with flipped,
+  in/out-swapped weights) copy of the image.
   Negative padding crops.
 - weights: int8 [channels, kp] rows in the same order, zero-padded: dense ones permuted and
   padded in Python (const arrays), decoded ones reordered once per run into scratch; a
@@ -66,30 +69,32 @@ def _up(n: int, m: int) -> int:
 
 @dataclass(frozen=True)
 class Lhs:
-    """How a GEMM's activation operand sits in its row tile: col = x - sub, of C type `col_t`.
+    """How a GEMM's activation operand sits in its row tile: col = x - sub, of C type `col_t`;
+    `pad` is what a padded (real zero) position holds. `sub` and `pad` are C expressions.
 
-    With 8-bit activations and constant int8 weights the tile is unsigned (x + 128 for int8),
-    so that each product is u8 x s8 (one AVX-512 VNNI vpdpbusd does 64); the zero point then
-    comes back as a bias, `pad` * sum(w) per output channel, `pad` = zp - sub being what a
-    padded (real zero) position holds. Otherwise the tile is centred (sub = zp, pad = 0), int16
-    when that fits, else int32."""
+    With 8-bit activations and constant int8 weights the tile is `npuc_row8`, whose layout the
+    C compiler chooses (NPUC_U8_ROWS): unsigned (sub = lo, so x + 128 for int8: u8 x s8
+    products, one AVX-512 VNNI vpdpbusd does 64), the zero point then coming back as
+    `u8_pad` * sum(w) per output channel, `u8_pad` = zp - lo; or centred int16 (sub = zp,
+    pad = 0). Otherwise the tile is centred, int16 when that fits, else int32."""
 
     col_t: str
-    sub: int
-    pad: int
-    bound: int  # the largest |x - sub|
+    sub: int | str
+    pad: int | str
+    bound: int  # the largest |x - sub| under either layout
+    u8_pad: int = 0  # per unit of sum(w), what unsigned rows add to a sum
 
     @property
     def size(self) -> int:
-        return {"npuc_u8": 1, "npuc_i16": 2}.get(self.col_t, 4)
+        return 4 if self.col_t == "npuc_i32" else 2  # npuc_row8: room for its int16 layout
 
 
 def lhs(t: TensorType, constant_weights: bool) -> Lhs:
     lo, hi = arith.dtype_range(t.dtype)
     zp = per_tensor(t)[1]
     if constant_weights and t.dtype.bits == 8:
-        sub = lo  # int8: -128, uint8: 0
-        return Lhs("npuc_u8", sub, zp - sub, hi - lo)
+        return Lhs("npuc_row8", f"(NPUC_U8_ROWS ? {lo} : {zp})",
+                   f"(NPUC_U8_ROWS ? {zp - lo} : 0)", hi - lo, zp - lo)
     small = lo - zp >= -32768 and hi - zp <= 32767
     return Lhs("npuc_i16" if small else "npuc_i32", zp, 0, max(abs(lo - zp), abs(hi - zp)))
 
@@ -130,21 +135,18 @@ def _requant_arrays(ctx: Context, real: np.ndarray, channels: int) -> tuple[str,
 
 
 def _requant(node: Node, ctx: Context, channels: int, bias: Node | None, real: np.ndarray,
-             correction: np.ndarray | None = None) -> dict[str, Any]:
-    """Requantization parameters; a nonzero `correction` (per channel, int64) is subtracted
-    from the bias, which becomes an int64 constant."""
+             u8_sums: np.ndarray | None = None) -> dict[str, Any]:
+    """Requantization parameters; a nonzero `u8_sums` (per channel) is what unsigned rows add
+    to each sum, taken off it when the C compiler picks that layout."""
     mult, shift = _requant_arrays(ctx, real, channels)
     lo, hi = limits(node.dtype)
     params = {"mult": mult, "shift": shift, "zp": per_tensor(node.type)[1], "lo": lo, "hi": hi,
               "bias": ctx.ptr(bias) if bias is not None else None,
               "bias_t": ctype(bias.dtype) if bias is not None else None,
-              "out_t": ctype(node.dtype)}
-    if correction is not None and np.any(correction):
-        total = -correction.astype(np.int64)
-        if bias is not None:
-            total = total + np.asarray(bias.data, np.int64).reshape(-1)
-        params.update(bias=ctx.array(total, "npuc_i64", f"{node.loc or node.op}: bias, zp folded"),
-                      bias_t="npuc_i64")
+              "out_t": ctype(node.dtype), "u8_sums": None}
+    if u8_sums is not None and np.any(u8_sums):
+        params["u8_sums"] = ctx.array(u8_sums.astype(np.int64), "npuc_i64",
+                                      f"{node.loc or node.op}: zero point of unsigned rows")
     return params
 
 
@@ -165,7 +167,7 @@ def _weights(ctx: Context, w: Node, rows: int, k: int, x: Lhs,
     gemm = order.permute(values) if order is not None else values.reshape(rows, k)
     params = {"w_t": "npuc_i8", "wrow": kp, "kp": kp, "reorder": None,
               "dot": plan_dot(kp, x.bound * _weight_bound(w)),
-              "correction": x.pad * gemm.sum(axis=1)}
+              "u8_sums": x.u8_pad * gemm.sum(axis=1)}
     if encoding_of(w).is_dense:
         padded = np.zeros((rows, kp), np.int8)
         padded[:, :k] = gemm
@@ -204,7 +206,7 @@ def _qlinear(node: Node, ctx: Context) -> Kernel:
         "out": {"image": 0, "o": 1, "m": n_out},
         "xp": None, "per_image": None,
         **weights,
-        **_requant(node, ctx, n_out, bias, _gemm_scales(node), weights["correction"]),
+        **_requant(node, ctx, n_out, bias, _gemm_scales(node), weights["u8_sums"]),
         "pr": PIXELS,
     }
     return Kernel("gemm", params)
@@ -351,7 +353,8 @@ def _padded(geo: Geometry, ctx: Context, x: Lhs, sizes: tuple[int, ...], channel
                _times(f"({_sum(channel, 'c')})", math.prod(geo.x)),
                *[_times(f"i{i}", st) for i, st in enumerate(contiguous(geo.x))])
     size = channels * plane * x.size
-    return {"ptr": ctx.scratch(size, x.col_t), "bytes": size, "channels": channels,
+    return {"ptr": ctx.scratch(size, x.col_t), "bytes": f"{channels * plane} * sizeof(*xp)",
+            "channels": channels,
             "loops": loops, "empty": any(a >= b for _, a, b in loops), "dst": dst, "src": src,
             "sub": x.sub, "fill": x.pad, "plane": plane}
 
@@ -405,7 +408,7 @@ def _conv(node: Node, ctx: Context, transpose: bool) -> Kernel:
                  and geo.q == geo.x and not any(geo.lo + geo.hi))
     weights = _weights(ctx, w, out_channels, k, rows_in,
                        None if pointwise else _order(geo, transpose))
-    requant = _requant(node, ctx, out_channels, bias, _gemm_scales(node), weights["correction"])
+    requant = _requant(node, ctx, out_channels, bias, _gemm_scales(node), weights["u8_sums"])
     kp = weights["kp"]
     tile = _tile(pixels, kp * size)
     fill: dict[str, Any]

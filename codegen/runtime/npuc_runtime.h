@@ -28,6 +28,24 @@ typedef int64_t npuc_i64 NPUC_MAY_ALIAS;
 typedef uint64_t npuc_u64 NPUC_MAY_ALIAS;
 typedef float npuc_f32 NPUC_MAY_ALIAS;
 
+/* The rows a GEMM with 8-bit activations and constant weights multiplies: unsigned bytes
+ * x + 128 where the CPU has a u8 x s8 dot product that compilers emit from the plain loop
+ * (AVX-512 VNNI, AVX-VNNI: vpdpbusd), else centred int16 x - zp (AVX2 pmaddwd, NEON smlal;
+ * u8 rows there are multiplied in 16 bits and widened, 3x slower). Both are exact and give the
+ * same results; -DNPUC_U8_ROWS=0 or =1 picks one by hand. */
+#ifndef NPUC_U8_ROWS
+#if defined(__AVX512VNNI__) || defined(__AVXVNNI__)
+#define NPUC_U8_ROWS 1
+#else
+#define NPUC_U8_ROWS 0
+#endif
+#endif
+#if NPUC_U8_ROWS
+typedef uint8_t npuc_row8 NPUC_MAY_ALIAS;
+#else
+typedef int16_t npuc_row8 NPUC_MAY_ALIAS;
+#endif
+
 #define NPUC_INT32_MIN (-2147483647LL - 1)
 #define NPUC_INT32_MAX 2147483647LL
 

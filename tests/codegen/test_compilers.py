@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import npuc.codegen
 from tests.codegen.harness import WARNINGS, assert_bit_exact
 from tests.codegen.test_zoo import compiled
 
@@ -32,6 +33,9 @@ FLAG_SETS = {
     "gcc-O3-portable": ("gcc", f"{WARNINGS} -O3", "-march=x86-64"),
     "clang-O2-native": ("clang", f"{WARNINGS} -O2", "-march=native"),
     "clang-O3-portable": ("clang", f"{WARNINGS} -O3", "-march=x86-64"),
+    # the GEMM row layout each CPU family gets by default, forced either way (NPUC_U8_ROWS)
+    "gcc-O3-u8-rows-portable": ("gcc", f"{WARNINGS} -O3 -DNPUC_U8_ROWS=1", "-march=x86-64"),
+    "clang-O2-i16-rows-native": ("clang", f"{WARNINGS} -O2 -DNPUC_U8_ROWS=0", "-march=native"),
 }
 # depthwise and grouped convs, pools, concat (int8); attention, softmax, LayerNorm, GELU (int16)
 MODELS = [("mobilenetv2_block", "npu-int8"), ("attention_block", "dsp-int16")]
@@ -52,11 +56,12 @@ def test_flag_matrix_bit_exact(name: str, target: str, flags: str, tmp_path: Pat
     assert_bit_exact(cm, inputs, tmp_path, cflags=cflags, cc=cc, arch=arch)
 
 
+@pytest.mark.parametrize("rows", [0, 1])
 @pytest.mark.parametrize(("name", "target"), MODELS)
-def test_valgrind_is_clean(name: str, target: str, tmp_path: Path) -> None:
+def test_valgrind_is_clean(name: str, target: str, rows: int, tmp_path: Path) -> None:
     cm, inputs = compiled(name, target)
-    assert_bit_exact(cm, inputs, tmp_path, cflags=f"{WARNINGS} -O2 -g", arch="-march=x86-64",
-                     wrapper=["valgrind", "-q", "--error-exitcode=99"])
+    assert_bit_exact(cm, inputs, tmp_path, cflags=f"{WARNINGS} -O2 -g -DNPUC_U8_ROWS={rows}",
+                     arch="-march=x86-64", wrapper=["valgrind", "-q", "--error-exitcode=99"])
 
 
 # a declaration of an array inside a function: a C type, a name, then [
@@ -90,3 +95,16 @@ def test_opaque_base_survives_the_dropped_store_bug(cc: str, opt: str, tmp_path:
                     "-o", str(exe), str(BUGS / "dropped_store.c")], check=True)
     result = subprocess.run([str(exe)], capture_output=True, text=True)
     assert (result.returncode, result.stdout) == (0, "1\n")
+
+
+@pytest.mark.parametrize(("arch", "u8_rows"), [("-march=x86-64", 0), ("-march=x86-64-v3", 0),
+                                               ("-march=icelake-server", 1), ("-mavxvnni", 1),
+                                               ("-march=alderlake", 1), ("-march=znver3", 0)])
+def test_row_layout_follows_the_dot_product_instruction(arch: str, u8_rows: int) -> None:
+    """Unsigned GEMM rows exactly where the CPU has vpdpbusd (AVX-512 VNNI, AVX-VNNI), decided
+    by the C preprocessor for the -march the user builds with, not by the machine npuc ran on."""
+    header = Path(npuc.codegen.__file__).parent / "runtime" / "npuc_runtime.h"
+    for cc in COMPILERS:
+        out = subprocess.run([cc, arch, "-dM", "-E", "-x", "c", str(header)],
+                             capture_output=True, text=True, check=True).stdout
+        assert f"#define NPUC_U8_ROWS {u8_rows}" in out, (cc, arch)
