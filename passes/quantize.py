@@ -78,8 +78,10 @@ def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
     observer: "minmax" (default), "moving_average", "percentile" or "mse".
     observers: {op: observer} for the values ops of that kind produce (e.g. {"gelu": "mse"}),
     overriding `observer` there.
-    weights: the weight format of every layer ("int8", "int4".."int2", "ternary", "palette4",
-    "palette4:g8", ...); layers: {module-path glob: format} overrides per layer.
+    weights: the weight format of every layer ("int8", "int4".."int2", "sparse", "nm2:4",
+    "auto-sparse", "ternary", "palette4", "palette4:g8", ...); layers: {module-path glob: format}
+    overrides per layer. "auto-sparse" stores each layer's int8 values in the smallest of int8,
+    sparse and nm, and in nm wherever they are N:M on a target whose NPU skips N:M natively.
     int16: ops whose operands are int16 (default from the target, e.g. softmax, layer_norm).
     int16_mac: ops whose results are int16 and stay int16 where a GEMM multiplies them (16x8
     MACs, at the NPU's int16_rate) instead of being narrowed to int8 first (default from the
@@ -101,7 +103,9 @@ def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
     activations = activations or defaults.get("activations", "int8")
     if activations not in ("int8", "int16"):
         raise ValueError(f"quantize: activations must be 'int8' or 'int16', got {activations!r}")
-    formats = FormatChooser(weights, layers or {})
+    npu = getattr(ctx.target, "npu", None)
+    formats = FormatChooser(weights, layers or {},
+                            nm_native=getattr(npu, "sparsity", None) == "nm")
     calibration = require_calibration(ctx.calibration, "quantize")
 
     from .integer_lowering import lower
@@ -186,11 +190,16 @@ def check_wide_ops(ops: Iterable[str], option: str = "int16") -> list[str]:
 
 class FormatChooser:
     """The weight format of a layer: the first `layers` glob matching its module path, else the
-    default."""
+    default. `nm_native` (the target's NPU skips N:M weights natively) makes "auto-sparse"
+    prefer the nm layout wherever a layer's values are N:M."""
 
-    def __init__(self, default: str, layers: Mapping[str, str]) -> None:
-        self.default = parse_weight_format(default)
-        self.layers = {glob: parse_weight_format(f) for glob, f in layers.items()}
+    def __init__(self, default: str, layers: Mapping[str, str], nm_native: bool = False) -> None:
+        def chosen(spec: str) -> Any:
+            fmt = parse_weight_format(spec)
+            return dataclasses.replace(fmt, prefer_nm=nm_native) if fmt.kind == "auto" else fmt
+
+        self.default = chosen(default)
+        self.layers = {glob: chosen(f) for glob, f in layers.items()}
 
     def __call__(self, loc: str | None) -> Any:
         for glob, fmt in self.layers.items():

@@ -13,7 +13,10 @@ in two passes over `out`:
    along the weight's quantization axis and split into the LUT's rows as contiguous groups.
 
 "sparse" weights decode in one pass instead: element i is the next stored nonzero value when
-bit i of the bitmap is set, else 0.
+bit i of the bitmap is set, else 0. "nm<n>:<m>" weights too, after zeroing `out`: slot s of row
+r (rows along the input-channel axis, see `npuc.quant.weights`) puts its nonzero value at input
+channel (s / n % groups) * m + position, read from the slot's LSB-first position field (a
+zero-valued slot, such as one in a partial last group's padding, writes nothing).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import numpy as np
 
 from npuc.errors import UnsupportedError
 from npuc.ir import Node
-from npuc.quant.constants import split_payload
+from npuc.quant.constants import encoding_of, split_payload
+from npuc.quant.weights import nm_axis
 
 from ..view import Context, Kernel
 
@@ -37,7 +41,10 @@ def decode_kernel(node: Node, out: str, ctx: Context) -> Kernel:
     if enc.kind == "sparse":
         stored = ctx.array(payload, "npuc_u8", f"{node.loc or 'weight'}: sparse ({count} values)")
         return Kernel("decode", {"out": out, "payload": stored, "count": count,
-                                 "sparse": {"values_at": -(-count // 8)}, "lut": None})
+                                 "sparse": {"values_at": -(-count // 8)}, "lut": None,
+                                 "nm": None})
+    if enc.kind == "nm":
+        return _nm_kernel(node, out, ctx, payload)
     if enc.kind not in ("int", "ternary", "palette"):
         raise UnsupportedError(f"no C decoder for {enc} weights", op=node.op, loc=node.loc,
                                stage="emit-c")
@@ -46,7 +53,7 @@ def decode_kernel(node: Node, out: str, ctx: Context) -> Kernel:
     params = {
         "out": out, "payload": stored, "codes_at": payload.size - codes.size, "bits": enc.bits,
         "mask": (1 << enc.bits) - 1, "half": 1 << (enc.bits - 1), "signed": enc.kind == "int",
-        "groups": count // 8, "count": count, "lut": None, "sparse": None,
+        "groups": count // 8, "count": count, "lut": None, "sparse": None, "nm": None,
     }
     if lut is not None:
         quant = node.type.quant
@@ -60,3 +67,22 @@ def decode_kernel(node: Node, out: str, ctx: Context) -> Kernel:
                          "inner": math.prod(node.shape[axis + 1:]),
                          "per": channels // rows, "width": lut.shape[1]}
     return Kernel("decode", params)
+
+
+def _nm_kernel(node: Node, out: str, ctx: Context, payload: np.ndarray) -> Kernel:
+    """The nm decoder's parameters: the weight as (outer, R, inner) around its input-channel
+    axis R, and where the positions start in the payload."""
+    enc = encoding_of(node)
+    quant = node.type.quant
+    raxis = nm_axis(len(node.shape), quant.axis if quant and quant.axis is not None else 0)
+    count, length = math.prod(node.shape), node.shape[raxis]
+    inner = math.prod(node.shape[raxis + 1:])
+    groups = -(-length // enc.m)
+    rows = count // length
+    stored = ctx.array(np.concatenate([payload, np.zeros(1, np.uint8)]), "npuc_u8",
+                       f"{node.loc or 'weight'}: {enc} ({count} values)")
+    nm = {"rows": rows, "inner": inner, "length": length, "groups": groups, "n": enc.n,
+          "m": enc.m, "bits": enc.index_bits, "mask": (1 << enc.index_bits) - 1,
+          "slots_at": rows * groups * enc.n}
+    return Kernel("decode", {"out": out, "payload": stored, "count": count, "nm": nm,
+                             "sparse": None, "lut": None})

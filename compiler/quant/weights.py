@@ -15,12 +15,26 @@ Storage (a C decoder must reproduce `decode` exactly; only integer ops, no round
 - "sparse": int8 values, compressed: a bitmap of the nonzero elements (1 bit each, packed as
   above: ceil(count/8) bytes), then the nonzero values' bytes in C order. Pruned weights (most
   values zero) take about 1/8 + density bytes per weight.
+- "nm<n>:<m>" (e.g. "nm2:4"): int8 values with at most n nonzeros in every group of m consecutive
+  weights along the input-channel axis (axis 1 when the channels are axis 0, as for conv and
+  linear; axis 0 for conv_transpose, whose channels are axis 1). The weight is cut into rows
+  along that axis (the axis moved last, rows in C order of the other axes: for a conv, one row
+  per output channel and kernel tap, OHWI order), each row into ceil(R/m) groups of m (the last
+  one zero-padded when m does not divide R). Every group stores n slots: the positions of its
+  nonzeros, then of its first zeros to fill n, ascending, and their values. The payload is every
+  slot's int8 value in group order, then every slot's position as a ceil(log2 m)-bit field,
+  packed as above: 2:4 is 2 bytes + 4 bits per 4 weights, 0.625 bytes per weight.
 - "ternary": 2-bit codes 0/1/2 for T = -1/0/+1, packed; lut int8 (C, 4) with row c =
   [round((gamma_c-alpha_c)/s_c), round(gamma_c/s_c), round((gamma_c+alpha_c)/s_c), 0] and
   s_c = (alpha_c+|gamma_c|)/127; the value of an element of channel c is lut[c, code].
 - "palette<b>": unsigned b-bit codes, packed; lut int8 (G, 2^b), each row its used entries in
   ascending order then zeros; channels split into G contiguous groups of C/G channels, and the
   value of an element of channel c is lut[c // (C/G), code].
+
+Bytes per int8 weight at density d (`stored_nbytes` is the formula, checked against the
+payloads): dense 1; sparse 1/8 + d (0.625 at 50%); nm n/m * (1 + ceil(log2 m)/8) whatever the
+zeros (2:4 0.625, 1:4 0.3125, 4:8 0.6875). CSR with one-byte column indices (2d) would beat the
+bitmap only below d = 1/8, so npuc has no CSR format.
 
 How the values are fitted (rounding here is numpy's round-half-to-even; it never reaches decode):
 - int b: per channel, the clip threshold is the best of a grid of ratios of |w|max (int8 and
@@ -44,11 +58,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ACCEPTED_FORMATS = ("int2..int8, sparse (int8, zeros compressed), ternary, palette1..palette8, "
-                    "or palette<b>:g<N> (N contiguous groups of channels, one LUT each)")
-_SPEC = re.compile(r"int(?P<int>[2-8])|ternary|sparse"
+ACCEPTED_FORMATS = ("int2..int8, sparse (int8, zeros compressed), nm<n>:<m> (int8 N:M-sparse "
+                    "along the input channels, e.g. nm2:4), auto-sparse (int8, each layer "
+                    "stored in the smallest of dense, sparse and nm), ternary, "
+                    "palette1..palette8, or palette<b>:g<N> (N contiguous groups of channels, "
+                    "one LUT each)")
+_SPEC = re.compile(r"int(?P<int>[2-8])|ternary|sparse|auto-sparse"
+                   r"|nm(?P<n>[1-9]\d*):(?P<m>[1-9]\d*)"
                    r"|palette(?P<palette>[1-8])(?::g(?P<groups>[1-9]\d*))?")
-_BITS = {"int": (2, 8), "sparse": (8, 8), "ternary": (2, 2), "palette": (1, 8)}
+_BITS = {"int": (2, 8), "sparse": (8, 8), "nm": (8, 8), "auto": (8, 8), "ternary": (2, 2),
+         "palette": (1, 8)}
+NM_MAX_M = 64  # the largest group an nm format takes (6-bit positions)
+# the N:M group sizes "auto-sparse" tries: those hardware ships (2:4 in Ampere's sparse tensor
+# cores and Ethos-U85; 1:4 and 4:8 as the issue's levels)
+AUTO_NM_GROUPS = (4, 8)
 
 # int b < 8: clip thresholds tried, as fractions of each channel's |w|max; they reach down to 0.2
 # because the MSE-optimal clip of a Gaussian channel at 2-3 bits sits near 0.3-0.5 of its max
@@ -61,14 +84,19 @@ _LLOYD_ITERATIONS = 100
 class WeightFormat:
     """How one layer's weights are quantized and stored; `str()` gives the spec back.
 
-    kind "int": bits 2..8; "sparse": bits 8 (int8 values, zeros compressed); "ternary": bits 2
-    (the storage width of a code); "palette": bits 1..8 (2**bits centroids), with `groups`
-    contiguous channel groups sharing one LUT each.
+    kind "int": bits 2..8; "sparse": bits 8 (int8 values, zeros compressed); "nm": bits 8, at
+    most `n` nonzeros in every `m` weights along the input channels; "auto": bits 8, stored as
+    the smallest of dense, sparse and nm (`prefer_nm`: nm wherever the values are N:M, for an
+    NPU that skips N:M natively); "ternary": bits 2 (the storage width of a code); "palette":
+    bits 1..8 (2**bits centroids), with `groups` contiguous channel groups sharing one LUT each.
     """
 
     kind: str
     bits: int
     groups: int = 1
+    n: int = 0
+    m: int = 0
+    prefer_nm: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in _BITS:
@@ -81,16 +109,33 @@ class WeightFormat:
             raise ValueError(f"weight format {self.kind}: groups={self.groups!r}, expected >= 1")
         if self.groups != 1 and self.kind != "palette":
             raise ValueError(f"weight format {self.kind}: only palette formats take groups")
+        if self.kind == "nm":
+            check_nm(self.n, self.m)
+        elif self.n or self.m:
+            raise ValueError(f"weight format {self.kind}: only nm formats take n and m")
 
     def __str__(self) -> str:
         if self.kind in ("ternary", "sparse"):
             return self.kind
+        if self.kind == "nm":
+            return f"nm{self.n}:{self.m}"
+        if self.kind == "auto":
+            return "auto-sparse"
         return f"{self.kind}{self.bits}" + (f":g{self.groups}" if self.groups > 1 else "")
 
     @property
     def encoding(self) -> str:
-        """The `EncodedWeight.encoding` this format produces."""
+        """The `EncodedWeight.encoding` this format produces ("auto": the one it picks per
+        layer, so none of its own)."""
+        if self.kind in ("nm", "auto"):
+            return str(self)
         return "dense" if (self.kind, self.bits) == ("int", 8) else str(self).split(":")[0]
+
+
+def check_nm(n: int, m: int) -> None:
+    """ValueError unless 1 <= n < m <= NM_MAX_M (n = m would be dense, n = 0 all zeros)."""
+    if not (isinstance(n, int) and isinstance(m, int) and 1 <= n < m <= NM_MAX_M):
+        raise ValueError(f"nm format {n}:{m}: expected 1 <= n < m <= {NM_MAX_M} (e.g. nm2:4)")
 
 
 @dataclass(frozen=True)
@@ -99,7 +144,8 @@ class Encoding:
     (`parse_encoding`); `str()` gives the attribute back.
 
     kind "dense" (the values' own bytes), "int" (bits 2..7, packed), "sparse" (bitmap + nonzero
-    int8 values), "ternary" (2-bit codes) or "palette" (bits 1..8 codes); `lut_rows` is the number
+    int8 values), "nm" (n of every m int8 values along the input channels, with their positions),
+    "ternary" (2-bit codes) or "palette" (bits 1..8 codes); `lut_rows` is the number
     of LUT rows stored before the codes of a LUT format (0 when the attribute names none, as an
     `EncodedWeight` does before it becomes a constant).
     """
@@ -107,11 +153,21 @@ class Encoding:
     kind: str
     bits: int = 8
     lut_rows: int = 0
+    n: int = 0
+    m: int = 0
 
     @property
     def name(self) -> str:
-        """The format without its LUT rows: "dense", "int4", "sparse", "ternary", "palette4"."""
+        """The format without its LUT rows: "dense", "int4", "sparse", "nm2:4", "ternary",
+        "palette4"."""
+        if self.kind == "nm":
+            return f"nm{self.n}:{self.m}"
         return self.kind + (str(self.bits) if self.kind in ("int", "palette") else "")
+
+    @property
+    def index_bits(self) -> int:
+        """Bits of one stored position of an nm encoding: ceil(log2 m)."""
+        return (self.m - 1).bit_length()
 
     @property
     def is_dense(self) -> bool:
@@ -131,20 +187,27 @@ class Encoding:
         return self.name + (f":g{self.lut_rows}" if self.lut_rows else "")
 
 
-_STORED = re.compile(r"(?P<name>dense|int(?P<int>[2-7])|ternary|sparse|palette(?P<palette>[1-8]))"
-                     r"(?::g(?P<rows>[1-9]\d*))?")
+_STORED = re.compile(r"(?P<name>dense|int(?P<int>[2-7])|ternary|sparse|palette(?P<palette>[1-8])"
+                     r"|nm(?P<n>[1-9]\d*):(?P<m>[1-9]\d*))(?::g(?P<rows>[1-9]\d*))?")
 
 
 @functools.lru_cache(maxsize=256)
 def parse_encoding(text: str | Encoding) -> Encoding:
-    """The Encoding of an `encoding` attribute ("dense", "int4", "sparse", "palette4:g8",
-    "ternary:g64"); ValueError naming the accepted forms for anything else."""
+    """The Encoding of an `encoding` attribute ("dense", "int4", "sparse", "nm2:4",
+    "palette4:g8", "ternary:g64"); ValueError naming the accepted forms for anything else."""
     if isinstance(text, Encoding):
         return text
     match = _STORED.fullmatch(text) if isinstance(text, str) else None
     if match is None or (match["rows"] and match["name"] != "ternary" and not match["palette"]):
         raise ValueError(f"unknown weight encoding {text!r}: expected dense, int2..int7, sparse, "
-                         "ternary[:g<rows>] or palette1..palette8[:g<rows>]")
+                         "nm<n>:<m>, ternary[:g<rows>] or palette1..palette8[:g<rows>]")
+    if match["n"]:
+        n, m = int(match["n"]), int(match["m"])
+        try:
+            check_nm(n, m)
+        except ValueError as e:
+            raise ValueError(f"unknown weight encoding {text!r}: {e}") from None
+        return Encoding("nm", 8, 0, n, m)
     rows = int(match["rows"] or 0)
     if match["int"]:
         return Encoding("int", int(match["int"]))
@@ -154,7 +217,8 @@ def parse_encoding(text: str | Encoding) -> Encoding:
 
 
 def parse_weight_format(spec: str | WeightFormat) -> WeightFormat:
-    """"int4", "ternary", "palette4", "palette4:g8", ... as a WeightFormat (one passes through)."""
+    """"int4", "ternary", "palette4", "palette4:g8", "nm2:4", "auto-sparse", ... as a
+    WeightFormat (one passes through)."""
     if isinstance(spec, WeightFormat):
         return spec
     match = _SPEC.fullmatch(spec) if isinstance(spec, str) else None
@@ -164,7 +228,13 @@ def parse_weight_format(spec: str | WeightFormat) -> WeightFormat:
         return WeightFormat("int", int(match["int"]))
     if match["palette"]:
         return WeightFormat("palette", int(match["palette"]), int(match["groups"] or 1))
-    return WeightFormat("sparse", 8) if spec == "sparse" else WeightFormat("ternary", 2)
+    if match["n"]:
+        try:
+            return WeightFormat("nm", 8, n=int(match["n"]), m=int(match["m"]))
+        except ValueError as e:
+            raise ValueError(f"weight format {spec!r}: {e}") from None
+    kinds = {"sparse": ("sparse", 8), "auto-sparse": ("auto", 8), "ternary": ("ternary", 2)}
+    return WeightFormat(*kinds[spec])
 
 
 @dataclass(frozen=True, eq=False)
@@ -174,7 +244,7 @@ class EncodedWeight:
 
     values: np.ndarray  # int8, the float weight's shape
     scale: np.ndarray  # float64 (C,), > 0 and finite
-    encoding: str  # "dense", "int2".."int7", "ternary", "palette1".."palette8"
+    encoding: str  # "dense", "int2".."int7", "sparse", "nm<n>:<m>", "ternary", "palette1".."8"
     payload: np.ndarray  # uint8 1-d: the bytes stored in the model
     lut: np.ndarray | None  # int8 (G, 2**bits) for palette, (C, 4) for ternary, else None
     axis: int = 0  # the channel axis, non-negative
@@ -252,6 +322,8 @@ def decode(encoding: str | Encoding, payload: np.ndarray, lut: np.ndarray | None
         return unpack_bits(payload, enc.bits, count, signed=True).reshape(shape)
     if enc.kind == "sparse":
         return _unsparse(np.asarray(payload), count).reshape(shape)
+    if enc.kind == "nm":
+        return _un_nm(np.asarray(payload), enc, shape, axis)
     codes = unpack_bits(payload, enc.bits, count, signed=False)
     channels = shape[axis]
     lut = np.asarray(lut)
@@ -289,6 +361,115 @@ def _unsparse(payload: np.ndarray, count: int) -> np.ndarray:
     return out
 
 
+# ------------------------------------------------------------------ N:M
+
+
+def nm_axis(ndim: int, axis: int) -> int:
+    """The input-channel axis an nm weight's groups run along: 1 for channels along axis 0
+    (conv, linear), else 0 (conv_transpose's channels are axis 1)."""
+    if ndim < 2:
+        raise ValueError(f"an nm weight needs an input-channel axis; a {ndim}-d weight has none")
+    return 1 if axis == 0 else 0
+
+
+def _nm_runs(values: np.ndarray, axis: int, m: int) -> np.ndarray:
+    """(rows, groups, m): the weight's rows along its input-channel axis, cut into groups of m
+    (the last zero-padded)."""
+    moved = np.moveaxis(values, nm_axis(values.ndim, axis), -1)
+    rows = moved.reshape(-1, moved.shape[-1])
+    length = rows.shape[1]
+    groups = -(-length // m)
+    padded = np.zeros((rows.shape[0], groups * m), rows.dtype)
+    padded[:, :length] = rows
+    return padded.reshape(rows.shape[0], groups, m)
+
+
+def nm_violation(values: np.ndarray, axis: int, n: int, m: int) -> str | None:
+    """None when every group of m weights along the input-channel axis of `values` holds at most
+    n nonzeros, else where the first group that does not is and how many it holds."""
+    runs = _nm_runs(np.asarray(values), axis, m)
+    counts = np.count_nonzero(runs, axis=2)
+    if counts.size == 0 or counts.max() <= n:
+        return None
+    row, group = np.unravel_index(int(np.argmax(counts > n)), counts.shape)
+    raxis = nm_axis(values.ndim, axis)
+    others = [d for k, d in enumerate(values.shape) if k != raxis]
+    index: list[str] = [str(i) for i in np.unravel_index(row, others)]
+    first = group * m
+    index.insert(raxis, f"{first}:{min(first + m, values.shape[raxis])}")
+    return (f"weight[{', '.join(index)}] holds {counts[row, group]} nonzero values, more than "
+            f"{n} of {m} along the input channels (axis {raxis})")
+
+
+def nm_payload(values: np.ndarray, axis: int, n: int, m: int) -> np.ndarray:
+    """The "nm<n>:<m>" storage of int8 values that are N:M (`nm_violation` is None): every
+    group's n slot values, then their positions, packed (see the module docstring)."""
+    runs = _nm_runs(np.asarray(values, np.int8), axis, m)
+    # nonzeros first, then zeros, each in position order; the first n, ascending
+    order = np.argsort(runs == 0, axis=2, kind="stable")[:, :, :n]
+    slots = np.sort(order, axis=2)
+    kept = np.take_along_axis(runs, slots, axis=2)
+    bits = Encoding("nm", 8, 0, n, m).index_bits
+    return np.concatenate([kept.ravel().view(np.uint8), pack_bits(slots.ravel(), bits)])
+
+
+def _un_nm(payload: np.ndarray, enc: Encoding, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    raxis = nm_axis(len(shape), axis)
+    length = shape[raxis]
+    count = math.prod(shape)
+    rows, groups = count // length if length else 0, -(-length // enc.m)
+    slots = rows * groups * enc.n
+    need = slots + -(-slots * enc.index_bits // 8)
+    if payload.dtype != np.uint8 or payload.shape != (need,):
+        raise ValueError(f"{enc} weight of shape {shape} (axis {axis}): a uint8 payload of "
+                         f"{need} bytes expected, got {payload.dtype} {payload.shape}")
+    values = payload[:slots].view(np.int8).reshape(rows, groups, enc.n)
+    where = unpack_bits(payload[slots:], enc.index_bits, slots, signed=False).reshape(
+        rows, groups, enc.n).astype(np.intp)
+    if (where >= enc.m).any() or (np.diff(where, axis=2) <= 0).any():
+        raise ValueError(f"{enc} weight: the positions of a group must ascend below {enc.m}")
+    runs = np.zeros((rows, groups, enc.m), np.int8)
+    np.put_along_axis(runs, where, values, axis=2)
+    flat = runs.reshape(rows, groups * enc.m)
+    if flat[:, length:].any():
+        raise ValueError(f"{enc} weight: a nonzero value sits past the input channels' end")
+    moved = tuple(d for k, d in enumerate(shape) if k != raxis) + (length,)
+    return np.ascontiguousarray(np.moveaxis(flat[:, :length].reshape(moved), -1, raxis))
+
+
+def stored_nbytes(fmt: WeightFormat | str, values: np.ndarray, axis: int = 0) -> int:
+    """Bytes the int8 `values` take stored as `fmt` (int8, sparse or nm; the formula the
+    payloads of this module match): dense count, sparse ceil(count/8) + nonzeros, nm<n>:<m>
+    slots + ceil(slots * ceil(log2 m) / 8) with slots = n per group of m."""
+    fmt = parse_weight_format(fmt)
+    values = np.asarray(values)
+    if fmt.kind == "sparse":
+        return -(-values.size // 8) + int(np.count_nonzero(values))
+    if fmt.kind == "nm":
+        raxis = nm_axis(values.ndim, axis)
+        slots = values.size // values.shape[raxis] * -(-values.shape[raxis] // fmt.m) * fmt.n
+        return slots + -(-slots * Encoding("nm", 8, 0, fmt.n, fmt.m).index_bits // 8)
+    if (fmt.kind, fmt.bits) == ("int", 8):
+        return values.size
+    raise ValueError(f"stored_nbytes: {fmt} is not an int8 format (int8, sparse, nm<n>:<m>)")
+
+
+def auto_sparse_format(values: np.ndarray, axis: int, prefer_nm: bool = False) -> WeightFormat:
+    """The int8 format "auto-sparse" stores `values` in: the smallest of int8, sparse and the
+    N:M patterns the values hold (m in AUTO_NM_GROUPS, n the most nonzeros of any group), ties
+    to nm, then sparse; with `prefer_nm` the smallest N:M pattern whenever the values hold one
+    (an NPU that skips N:M natively needs the nm layout, even where a bitmap is smaller)."""
+    values = np.asarray(values)
+    patterns = []
+    if values.ndim >= 2:
+        for m in AUTO_NM_GROUPS:
+            n = int(np.count_nonzero(_nm_runs(values, axis, m), axis=2).max(initial=0))
+            if n < m:
+                patterns.append(WeightFormat("nm", 8, n=max(n, 1), m=m))
+    others = [] if prefer_nm and patterns else [WeightFormat("sparse", 8), WeightFormat("int", 8)]
+    return min(patterns + others, key=lambda f: stored_nbytes(f, values, axis))
+
+
 def _lookup(lut: np.ndarray, codes: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
     """lut[group of the element's channel, code]: channels split into len(lut) contiguous groups."""
     channels = shape[axis]
@@ -308,6 +489,9 @@ def quantize_weight(w: np.ndarray, fmt: WeightFormat | str, *, axis: int = 0,
                     seed: int = 0) -> EncodedWeight:
     """Quantize float weight `w` (output channels along `axis`) to `fmt`.
 
+    "nm<n>:<m>" is refused (ValueError naming the first group with more than n nonzero values)
+    unless the int8 values are N:M; "auto-sparse" picks int8, sparse or nm per weight
+    (`auto_sparse_format`), so the result's `encoding` says which.
     `inputs` are calibration activations, (samples, K) rows matching w's channels flattened to
     (C, K): ternary refits its scale and shift on the layer outputs, palette weights its k-means
     by each input column's mean square, each only where that lowers the output error; int
@@ -330,12 +514,23 @@ def quantize_weight(w: np.ndarray, fmt: WeightFormat | str, *, axis: int = 0,
     x = None if inputs is None else _check_inputs(inputs, rows.shape[1])
     floor = None if min_scale is None else np.broadcast_to(
         np.asarray(min_scale, np.float64), (len(rows),))
-    if fmt.kind in ("int", "sparse"):
+    if fmt.kind in ("int", "sparse", "nm", "auto"):
         values, scale = _fit_int(rows, fmt.bits)
         if floor is not None:
             values, scale = _coarsen(values, scale, floor, (1 << (fmt.bits - 1)) - 1)
         values = _unrows(values, w.shape, axis)
-        payload = sparse_payload(values) if fmt.kind == "sparse" else pack_bits(values, fmt.bits)
+        if fmt.kind == "auto":
+            fmt = auto_sparse_format(values, axis, fmt.prefer_nm)
+        if fmt.kind == "nm":
+            where = nm_violation(values, axis, fmt.n, fmt.m)
+            if where is not None:
+                raise ValueError(f"not {fmt.n}:{fmt.m} sparse: {where}; prune it first "
+                                 f"(prune_nm with n={fmt.n}, m={fmt.m}) or store it sparse")
+            payload = nm_payload(values, axis, fmt.n, fmt.m)
+        elif fmt.kind == "sparse":
+            payload = sparse_payload(values)
+        else:
+            payload = pack_bits(values, fmt.bits)
         return EncodedWeight(values, scale, fmt.encoding, payload, None, axis)
     if fmt.kind == "ternary":
         codes, lut, scale = _fit_ternary(rows, x)
