@@ -1435,3 +1435,118 @@ def torch_models(draw: st.DrawFn, *, max_layers: int = 6, layers: Sequence[str] 
     if len(vals) > 2 and draw(st.booleans()):
         outputs += (draw(st.integers(1, len(vals) - 2)),)
     return _random_net(steps, modules, outputs), (x,)
+
+
+# --------------------------------------------------------------------------- channel nets
+# Graphs made of what channel pruning follows (passes/channels.py), each op keeping a channel
+# that is zero everywhere zero: layers (a zeroed output row and bias give a zero channel), BN
+# (its shift and mean zeroed with it), relu, per-channel scales and shifts, residual adds,
+# channel concats, depthwise and grouped convs, pools, spatial means, NCHW <-> NHWC permutes
+# and flattens into a linear head. A channel zeroed at its producers (and at the constants that
+# shift it) is then zero at every consumer: prune_channels must remove it without a trace.
+
+CHANNEL_STEPS = ("conv", "grouped", "depthwise", "linear", "batch_norm", "relu", "scale",
+                 "shift", "residual", "concat", "pool", "mean", "permute", "flatten")
+
+
+def _channel_conv(draw: st.DrawFn, x: Value, loc: str, groups: int = 1, cout: int | None = None,
+                  same: bool = False) -> Value:
+    """A conv over (N, C, *spatial) with `groups`, `cout` outputs (default drawn), kernel 1-3;
+    `same`: stride 1 and padding that keeps the spatial size."""
+    c, nsp = x.shape[1], x.rank - 2
+    cout = cout or groups * draw(st.integers(1, max(1, MAX_CHANNELS // groups)))
+    k = draw(st.sampled_from([1, 3]))
+    stride = [1 if same else draw(st.integers(1, 2)) for _ in range(nsp)]
+    w_node, w = _param(draw, (cout, c // groups) + (k,) * nsp, loc, "weight",
+                       _fan_in_bound(c // groups * k ** nsp))
+    b_node, b = _param(draw, (cout,), loc, "bias", 1.0)
+    attrs = {"stride": stride, "padding": [k // 2] * (2 * nsp), "dilation": [1] * nsp,
+             "groups": groups}
+    return Value(make("conv", [x.node, w_node, b_node], attrs, loc),
+                 _weighted_bound(x.bound, w, 0, b))
+
+
+@st.composite
+def channel_nets(draw: st.DrawFn, max_steps: int = 7) -> tuple[Graph, tuple[np.ndarray, ...]]:
+    """A random graph of CHANNEL_STEPS on an NCHW, NCL or NC input, ending in a layer (whose
+    output channels, a graph output, stay), and an input array for it."""
+    x = graph_input("x", draw(tensor_types(draw(st.sampled_from(["nchw", "ncl", "nc"])))))
+    v = Value(x, INPUT_BOUND)
+    for i in range(draw(st.one_of(st.just(max_steps), st.integers(1, max_steps)))):
+        loc = f"layers.{i}"
+        spatial = v.rank >= 3
+        steps = [s for s in CHANNEL_STEPS if spatial or s in ("linear", "relu", "scale",
+                                                             "shift", "residual", "concat")]
+        # a layer first: channels owned by no layer (the input's) cannot be pruned
+        step = draw(st.sampled_from(steps)) if i else ("conv" if spatial else "linear")
+        c = v.shape[1]
+        if step == "conv":
+            v = _channel_conv(draw, v, loc)
+        elif step == "grouped":
+            groups = draw(st.sampled_from(_divisors(c)))
+            v = _channel_conv(draw, v, loc, groups=groups, cout=groups * draw(st.integers(1, 3)))
+        elif step == "depthwise":
+            v = _channel_conv(draw, v, loc, groups=c, cout=c * draw(st.integers(1, 2)), same=True)
+        elif step == "linear" and not spatial:
+            v = draw(linear_layer(v, (), loc))
+        elif step == "batch_norm":
+            v = draw(batch_norm_layer(v, (), loc))
+        elif step == "relu":
+            v = Value(make("relu", [v.node], loc=loc), v.bound)
+        elif step in ("scale", "shift"):
+            shape = (c,) + (1,) * (v.rank - 2)
+            node, array = _param(draw, shape, loc, step, lo=0.5, hi=2.0)
+            op = "mul" if step == "scale" else "add"
+            v = Value(make(op, [v.node, node], loc=loc),
+                      v.bound * 2 if op == "mul" else v.bound + 2)
+        elif step in ("residual", "concat"):
+            branch = (_channel_conv(draw, v, loc + ".branch", cout=c, same=True) if spatial
+                      else draw(linear_layer(v, (), loc + ".branch")))
+            if step == "residual" and branch.shape == v.shape:
+                v = Value(make("add", [v.node, branch.node], loc=loc), v.bound + branch.bound)
+            elif step == "concat":
+                parts = draw(st.permutations([v, branch]))
+                v = Value(make("concat", [p.node for p in parts], {"axis": 1}, loc),
+                          max(v.bound, branch.bound))
+        elif step == "pool":
+            nsp = v.rank - 2
+            attrs = {"kernel": [2] * nsp, "stride": [2] * nsp, "padding": [0] * (2 * nsp),
+                     "dilation": [1] * nsp, "ceil_mode": True}
+            v = Value(make("max_pool", [v.node], attrs, loc), v.bound)
+        elif step == "mean":
+            v = Value(make("mean", [v.node], {"axes": list(range(2, v.rank))}, loc), v.bound)
+        elif step == "permute":  # to channels-last and back: the channel axis moves and returns
+            last = [0, *range(2, v.rank), 1]
+            there = make("permute", [v.node], {"perm": last}, loc)
+            back = [0, v.rank - 1, *range(1, v.rank - 1)]
+            v = Value(make("permute", [make("relu", [there], loc=loc)], {"perm": back}, loc),
+                      v.bound)
+        elif step == "flatten":
+            v = Value(make("reshape", [v.node], {"shape": [v.shape[0], v.size // v.shape[0]]},
+                           loc), v.bound)
+        if v.bound > MAX_BOUND or v.size > MAX_ELEMENTS:
+            break
+    head = (_channel_conv(draw, v, "head") if v.rank >= 3 else draw(linear_layer(v, (), "head")))
+    return Graph((x,), (head.node,)), (draw(weights(x.shape, INPUT_BOUND)),)
+
+
+@st.composite
+def headed_graphs(draw: st.DrawFn, **kwargs: Any) -> tuple[Graph, tuple[np.ndarray, ...]]:
+    """`graph_and_inputs(**kwargs)` with every float output read by layers before it leaves the
+    graph (a 1x1 conv over axis 1 for an NCL/NCHW value, then a linear over the last axis), so
+    the channels of the layers inside reach consumers instead of a graph output."""
+    graph, inputs = draw(graph_and_inputs(**kwargs))
+    outputs = []
+    for k, out in enumerate(graph.outputs):
+        v = Value(out, MAX_BOUND)
+        if out.dtype.is_float and v.rank >= 1 and v.size:
+            if v.rank in (3, 4):
+                c, nsp = v.shape[1], v.rank - 2
+                w_node, _ = _param(draw, (draw(st.integers(1, 3)), c) + (1,) * nsp,
+                                   f"head{k}.conv", "weight", _fan_in_bound(c))
+                attrs = {"stride": [1] * nsp, "padding": [0] * (2 * nsp),
+                         "dilation": [1] * nsp}
+                v = Value(make("conv", [v.node, w_node], attrs, f"head{k}.conv"), v.bound)
+            v = draw(linear_layer(v, (), f"head{k}.fc"))
+        outputs.append(v.node)
+    return Graph(graph.inputs, tuple(outputs), graph.name, graph.meta), inputs
