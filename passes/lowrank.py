@@ -451,7 +451,10 @@ class _Search:
         bar = tqdm(range(1, steps + 1), desc="lowrank", leave=False,
                    disable=not (progress and sys.stderr.isatty()))
         for k in bar:
-            plan = self._plan(graph, error, self.cost(total), total * budget ** (k / steps))
+            goal = total * budget ** (k / steps)
+            if self.cost(total) <= goal:
+                continue  # a coarse step of an earlier round already went this far
+            plan = self._plan(graph, error, self.cost(total), goal)
             if not plan:
                 self.stopped = self.stopped or "no layer can step further"
                 break

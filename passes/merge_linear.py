@@ -26,7 +26,8 @@ Matched, where every intermediate value is read only by the next op (and is no g
 Guards: a non-linearity or any other op between, a second reader, a constant that varies along
 another axis or grows the shape, padding with a nonzero value, crop-then-pad on one side, and (by
 default) a merge whose weight would be larger than the two it replaces (a low-rank bottleneck such
-as Linear(512, 64) -> Linear(64, 512); option `allow_growth`).
+as Linear(512, 64) -> Linear(64, 512); option `allow_growth`): the inequality is lowrank's
+`factorisation_shrinks`, so no pair lowrank made is merged back, whatever the pass order.
 Options: `allow_growth` (False), `max_sweeps` (64; a fold can bring the next pair together).
 Requires: constant weights with data. Ensures: the same function within float rounding (weights
 are composed in float64); no matched pattern is left.
@@ -45,6 +46,7 @@ from npuc.rewrite import rewrite
 from .channel_affine import fold_input_affine, fold_output_affine
 from .channels import AFFINE as _AFFINE
 from .channels import channel_axis, is_layer, moved_axis, per_channel_affine
+from .lowrank import factorisation_shrinks
 
 _MOVES = ("reshape", "permute")
 _MERGEABLE = ("conv", "linear")
@@ -223,8 +225,9 @@ class _Merger:
         if geometry.op == "conv":
             attrs["groups"] = groups
             w = _grouped(w, groups)
-        before = first.inputs[1].type.size + second.inputs[1].type.size
-        if w.size > before and not self.allow_growth:
+        factors = first.inputs[1].type.size + second.inputs[1].type.size
+        # lowrank's own acceptance rule: a pair it kept as smaller is never merged back
+        if factorisation_shrinks(w.size, factors) and not self.allow_growth:
             return None
         dtype = geometry.inputs[1].dtype
         inputs = [x, const(w.astype(dtype.numpy), dtype, geometry.inputs[1].loc)]
