@@ -79,12 +79,13 @@ class CompiledModel:
             return unflatten_outputs(structure, outputs)
         return outputs[0] if len(outputs) == 1 else outputs
 
-    def simulate(self) -> Any:
+    def simulate(self, sparsity: str | None = None) -> Any:
         """The SimReport of the lowered graph on the target: per-layer engine, cycles, bytes and
-        energy, and totals (see `npuc.simulator`)."""
+        energy, and totals, and the totals under every sparsity mode (see `npuc.simulator`);
+        `sparsity` ("none", "gating", "nm", "block", "ideal") overrides the NPU's mode."""
         from npuc.simulator import simulate
 
-        return simulate(self.ir, self.target)
+        return simulate(self.ir, self.target, sparsity)
 
     def emit_c(self, out_dir: Any) -> Any:
         """Write the lowered graph as a C99 project into `out_dir` (see `npuc.codegen`): `make`

@@ -16,8 +16,9 @@ over the schedule's order.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from npuc.ir import Graph, Node
 
@@ -46,6 +47,15 @@ class Row:
 
 
 @dataclass(frozen=True)
+class ModeTotals:
+    """The totals of one simulation under one sparsity mode."""
+
+    cycles: int
+    latency_s: float
+    energy_j: float
+
+
+@dataclass(frozen=True)
 class SimReport:
     target: str
     rows: tuple[Row, ...]
@@ -58,6 +68,10 @@ class SimReport:
     peak_macs_per_s: dict[str, float]  # each engine's MACs per second at full rate (roofline)
     dram_bytes_per_s: float
     transfer_bytes: int  # moved between engines through the shared SRAM
+    sparsity: str = ""  # the NPU's sparsity mode simulated ("" without an NPU)
+    # every sparsity mode's totals on the same graph and target (placement redone per mode),
+    # so a user sees which pattern of zeros this NPU rewards
+    by_sparsity: dict[str, ModeTotals] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -125,6 +139,14 @@ class SimReport:
         lines.append("engines: " + "; ".join(
             f"{e} {n} ops, {macs:,} MACs, busy {busy * 1e6:,.1f} us"
             for e, (n, macs, busy) in self.by_engine().items()))
+        if self.by_sparsity:
+            lines.append(f"{'sparsity':<10} {'cycles':>12} {'ms':>9} {'energy uJ':>10}  "
+                         f"(npu skips zero weights as '{self.sparsity}'; the others: what "
+                         "the same graph costs on an NPU that skips them so)")
+            for mode, t in self.by_sparsity.items():
+                mark = " *" if mode == self.sparsity else ""
+                lines.append(f"{mode + mark:<10} {t.cycles:>12,} {t.latency_s * 1e3:>9.3f} "
+                             f"{t.energy_j * 1e6:>10.1f}")
         return "\n".join(lines)
 
     def by_engine(self) -> dict[str, tuple[int, int, float]]:
@@ -136,11 +158,36 @@ class SimReport:
         return totals
 
 
-def simulate(graph: Graph, target) -> SimReport:  # noqa: ANN001 - a npuc.targets.Target
-    """Place, cost and plan `graph` on `target` (see the module docstring)."""
+def simulate(graph: Graph, target, sparsity: str | None = None,  # noqa: ANN001 - a Target
+             compare: bool = True) -> SimReport:
+    """Place, cost and plan `graph` on `target` (see the module docstring), its NPU skipping
+    zero weights as `sparsity` says (default: the target's `npu.sparsity`; see
+    `cost.sparsity_fractions`). With `compare`, `by_sparsity` holds the totals under every mode
+    (each simulated in full: placement may change with the cost)."""
     from npuc import targets as _targets
 
     target = _targets.get(target)
+    if target.npu is None:
+        if sparsity is not None:
+            raise ValueError(f"target {target.name} has no NPU: no sparsity mode to choose")
+        return _simulate(graph, target)
+    if sparsity is not None and sparsity not in _targets.SPARSITY_MODES:
+        raise ValueError(f"sparsity {sparsity!r}: expected one of "
+                         f"{', '.join(_targets.SPARSITY_MODES)}")
+    report = _simulate(graph, _with_sparsity(target, sparsity or target.npu.sparsity))
+    modes = {}
+    for mode in _targets.SPARSITY_MODES if compare else ():
+        other = report if mode == report.sparsity else _simulate(graph,
+                                                                 _with_sparsity(target, mode))
+        modes[mode] = ModeTotals(other.total_cycles, other.latency_s, other.energy_j)
+    return dataclasses.replace(report, by_sparsity=modes)
+
+
+def _with_sparsity(target, mode: str):  # noqa: ANN001, ANN202 - Target -> Target
+    return dataclasses.replace(target, npu=dataclasses.replace(target.npu, sparsity=mode))
+
+
+def _simulate(graph: Graph, target) -> SimReport:  # noqa: ANN001
     available = engines(target)
     if not available or target.memory is None or target.energy is None:
         raise ValueError(f"target {target.name} describes no engines/memory/energy to simulate")
@@ -186,7 +233,8 @@ def simulate(graph: Graph, target) -> SimReport:  # noqa: ANN001 - a npuc.target
     return SimReport(target.name, tuple(rows), round(latency * clock), latency, energy,
                      memory.arena_bytes, memory.lower_bound, weights,
                      {e: peak_macs(target, e) for e in available},
-                     target.memory.dram_bytes_per_s, moved)
+                     target.memory.dram_bytes_per_s, moved,
+                     target.npu.sparsity if target.npu is not None else "")
 
 
 def _note(node: Node, slot: Slot, costs: dict[str, OpCost], unsupported: list[str],

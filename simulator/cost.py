@@ -17,24 +17,36 @@ block, inputs once per column block) and any other op streams through DRAM. With
 buffering an op takes max(compute, memory) plus the DRAM latency of its first tile. A `gather`
 from a constant table (an embedding) reads only the rows it fetches: its output's bytes.
 
-Sparsity (`npu.zero_skipping`): the NPU skips every MAC whose weight is zero, so a GEMM's compute
-cycles (fill and drain included: an idealised compaction of the nonzero weights over the array)
-and its MAC energy scale with the weight density, the fraction of nonzero values of the decoded
-weight constant (`weight_density`, computed once per constant). The report still counts the
-dense MACs. The weights then stream as a bitmap (1 bit per weight) plus the nonzero values at
-their stored width (plus the LUT of a LUT format) when that is smaller than the stored bytes.
-Without zero skipping nothing changes.
+Sparsity (`npu.sparsity`, one mode per target): what the NPU does with the zero values of a
+GEMM's weight constant (decoded: `weight_density` is its fraction of nonzeros). Each mode scales
+the GEMM's compute cycles (fill and drain included) and the MACs whose energy it pays by a
+fraction (`sparsity_fractions`); the report still counts the dense MACs.
+- "none": every MAC runs and costs energy (1, 1).
+- "gating": a zero operand gates its MAC: energy scales with the density, cycles do not.
+- "nm": the array skips N:M weights natively (Ampere's 2:4 sparse tensor cores, Ethos-U85):
+  a layer stored "nm<n>:<m>" runs a reduction of ceil(R/m)*n of its R input channels (n/m
+  when m divides R), cycles and energy alike; any other layer runs dense.
+- "block": the array skips every weight tile it would load that is all zeros: the GEMM's
+  K x N weight matrix (K in OHWI order, input channels innermost) cut into rows x cols tiles,
+  cycles and energy scaled by the fraction of nonzero tiles (exactly the folds a weight-
+  stationary array skips; for os/is the same count approximates the skipped K-steps).
+- "ideal": every zero MAC skipped, as by a perfect compaction of arbitrary nonzeros: the
+  density, and never more than the block fraction (the optimistic bound).
+So for any weights, cycles: ideal <= nm, block <= gating == none; energy: ideal <= gating.
+Weights stream from DRAM as stored, whatever the mode: a compressed encoding (sparse, nm) is
+what makes fewer bytes, its index overhead included (bitmap and 2:4 positions both 0.625 bytes
+per weight at 50%). The array reads "sparse" weights natively only in the ideal mode, "nm" ones
+in the nm and ideal modes; otherwise they are decoded first (below).
 
 Encoded weights (`encoding` of the constant, see npuc.quant.constants). LUT formats (palette<b>,
-ternary) stream their stored bytes (packed codes + LUT; with zero skipping the bitmap form above
-when that is smaller). With `npu.palette_decode` the NPU
+ternary) stream their stored bytes (packed codes + LUT). With `npu.palette_decode` the NPU
 looks them up in its weight path for free; without it they are first decoded to int8 on the DSP
 (the CPU if there is no DSP): one operation per weight element over the lanes, plus writing and
 reading the decoded weights through SRAM, all added to the GEMM's time, SRAM bytes and energy
 (the decoder's own occupancy is not scheduled separately). Sub-byte integer weights ("int4", ...)
 whose width the array does not take natively (neither 8 nor `weight_bits`) are unpacked the same
-way, without a LUT, and so are "sparse" (bitmap + nonzero int8) weights on an NPU without zero
-skipping (with it, the array reads them as they are). After decoding, LUT weights are int8 values
+way, without a LUT, and so are "sparse" and "nm" weights where the sparsity mode does not read
+them (see above). After decoding, LUT weights are int8 values
 and run at the int8 MAC rate. On the DSP or CPU a GEMM on encoded weights decodes inline: one
 more operation per weight element.
 """
@@ -50,6 +62,8 @@ import numpy as np
 from npuc.ir import DType, Node
 from npuc.ops import INTEGER, OPS, macs
 from npuc.quant.constants import encoding_of
+from npuc.quant.weights import nm_axis
+from npuc.targets import SPARSITY_MODES
 
 from .systolic import gemm_cycles
 from .tiling import Traffic, gemm_traffic, stream_traffic
@@ -165,18 +179,15 @@ def _weight(node: Node) -> Node | None:
     return node.inputs[1]
 
 
-def _stored_bits(w: Node) -> int:
-    """Bits per element of a constant's stored codes (or values)."""
+def _stored_bits(w: Node) -> float:
+    """Bits per element of a constant's stored codes (or values); for "sparse" and "nm"
+    weights their average, bitmap or positions included."""
     enc = encoding_of(w)
     if enc.is_dense:
         return w.dtype.numpy.itemsize * 8  # as numpy holds it (i4 takes a byte)
-    return enc.bits  # a sparse constant's nonzero values: the bitmap is counted apart
-
-
-def _lut_bytes(w: Node) -> int:
-    """Bytes of an encoded constant's LUT (0 without one)."""
-    enc = encoding_of(w)
-    return enc.lut_rows * enc.lut_width if enc.is_lut and w.attrs.get("data") is not None else 0
+    if enc.kind in ("sparse", "nm"):
+        return w.stored_nbytes * 8 / max(w.type.size, 1)
+    return enc.bits
 
 
 _DENSITY: weakref.WeakKeyDictionary[Node, float] = weakref.WeakKeyDictionary()
@@ -194,16 +205,64 @@ def weight_density(w: Node) -> float:
     return _DENSITY[w]
 
 
-def _streamed(w: Node, npu) -> int:  # noqa: ANN001 - a npuc.targets.NPU
-    """Bytes of the weight `w` streamed from DRAM into the NPU: as stored, or with zero skipping
-    a bitmap plus the nonzero codes (plus any LUT) when that is smaller."""
-    stored = w.stored_nbytes
-    if not npu.zero_skipping:
-        return stored
-    count = w.type.size
-    nonzero = round(weight_density(w) * count)
-    sparse = math.ceil(count / 8) + math.ceil(nonzero * _stored_bits(w) / 8) + _lut_bytes(w)
-    return min(stored, sparse)
+def _tiled(w: Node, node: Node, rows: int, cols: int) -> float:
+    """The fraction of the rows x cols tiles of `node`'s K x N weight matrix (per group; K in
+    OHWI order) that hold a nonzero value (1.0 when the weight's data was not loaded)."""
+    key = (node.op, node.attrs.get("groups", 1), rows, cols)
+    cache = _TILES.setdefault(w, {})
+    if key not in cache:
+        try:
+            values = w.data
+        except ValueError:
+            return 1.0
+        groups = key[1] if node.op == "qconv" else 1
+        if node.op == "qconv":  # (O, C/g, *k) -> per group (K = k..., C/g) x (O/g)
+            moved = np.moveaxis(values, 1, -1).reshape(groups, values.shape[0] // groups, -1)
+            matrices = moved.transpose(0, 2, 1)
+        elif node.op == "qlinear":  # (O, K) -> K x O
+            matrices = values.T[None]
+        elif node.op == "qmatmul":  # (..., K, N) -> batches of K x N
+            matrices = values.reshape((-1,) + (values.shape[-2:] if values.ndim > 1
+                                               else (values.size, 1)))
+        else:  # qconv_transpose (Cin, Cout, *k) -> Cin x (Cout k...)
+            matrices = values.reshape(1, values.shape[0], -1)
+        g, k, n = matrices.shape
+        padded = np.zeros((g, -(-k // rows) * rows, -(-n // cols) * cols), bool)
+        padded[:, :k, :n] = matrices != 0
+        tiles = padded.reshape(g, padded.shape[1] // rows, rows, padded.shape[2] // cols, cols)
+        cache[key] = float(tiles.any(axis=(2, 4)).mean()) if tiles.size else 1.0
+    return cache[key]
+
+
+_TILES: weakref.WeakKeyDictionary[Node, dict] = weakref.WeakKeyDictionary()
+
+
+def sparsity_fractions(node: Node, npu, mode: str | None = None  # noqa: ANN001 - a targets.NPU
+                       ) -> tuple[float, float]:
+    """(cycles, MAC energy) fractions of a GEMM on the NPU in sparsity `mode` (default: the
+    target's), by the model of the module docstring; (1, 1) for a GEMM without constant
+    weights."""
+    mode = mode or npu.sparsity
+    if mode not in SPARSITY_MODES:
+        raise ValueError(f"sparsity mode {mode!r}: expected one of {', '.join(SPARSITY_MODES)}")
+    w = _weight(node)
+    if w is None or mode == "none":
+        return 1.0, 1.0
+    if mode == "gating":
+        return 1.0, weight_density(w)
+    if mode == "nm":
+        enc = encoding_of(w)
+        if enc.kind != "nm":
+            return 1.0, 1.0
+        quant = w.type.quant
+        length = w.shape[nm_axis(len(w.shape), quant.axis if quant and quant.axis else 0)]
+        kept = min(1.0, -(-length // enc.m) * enc.n / length)
+        return kept, kept
+    tiles = _tiled(w, node, npu.rows, npu.cols)
+    if mode == "block":
+        return tiles, tiles
+    ideal = min(weight_density(w), tiles)
+    return ideal, ideal
 
 
 def _decode_kind(node: Node, npu) -> str | None:  # noqa: ANN001
@@ -214,8 +273,10 @@ def _decode_kind(node: Node, npu) -> str | None:  # noqa: ANN001
     enc = encoding_of(w)
     if enc.is_lut:
         return None if npu.palette_decode else "lut"
-    if enc.kind == "sparse":  # a sparsity-aware array reads the bitmap and values itself
-        return None if npu.zero_skipping else "unpack"
+    if enc.kind == "sparse":  # only a perfectly compacting array reads the bitmap itself
+        return None if npu.sparsity == "ideal" else "unpack"
+    if enc.kind == "nm":
+        return None if npu.sparsity in ("nm", "ideal") else "unpack"
     if enc.kind == "int" and enc.bits != npu.weight_bits:
         return "unpack"
     return None
@@ -258,7 +319,7 @@ def _traffic(node: Node, engine: str, target) -> Traffic:  # noqa: ANN001
     if w is None:
         rhs_bytes, rhs_element = rhs.type.nbytes, rhs.dtype.numpy.itemsize
     else:
-        rhs_bytes = _streamed(w, target.npu) if engine == "npu" else w.stored_nbytes
+        rhs_bytes = w.stored_nbytes
         rhs_element = _stored_bits(w) / 8
     gemm = gemm_traffic(m, k, n, lhs.type.nbytes, rhs_bytes, node.type.nbytes, w is not None,
                         lhs.dtype.numpy.itemsize, rhs_element, sram)
@@ -304,12 +365,11 @@ def op_cost(engine: str, node: Node, target) -> OpCost:  # noqa: ANN001
         rate = (8 / npu.weight_bits if _weight_bits(node) <= npu.weight_bits else 1.0)
         rate *= npu.int16_rate if wide else 1.0
         cycles = math.ceil(cycles / rate)
-        w = _weight(node)
-        if npu.zero_skipping and w is not None:
-            density = weight_density(w)
-            performed = round(work * density)
-            cycles = math.ceil(cycles * density)
-        util = performed / (npu.rows * npu.cols * rate * cycles) if cycles else 0.0
+        cycle_share, mac_share = sparsity_fractions(node, npu)
+        performed = round(work * mac_share)
+        cycles = math.ceil(cycles * cycle_share)
+        # the MACs the array spends cycles on (gated ones included: gating saves no time)
+        util = (work * cycle_share / (npu.rows * npu.cols * rate * cycles) if cycles else 0.0)
         clock = npu.clock_hz
         decode = _decode(node, target)
     elif engine == "dsp":

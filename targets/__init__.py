@@ -22,6 +22,14 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 _HERE = Path(__file__).parent
+# What the NPU does with zero weights (the model is in npuc.simulator.cost): nothing; gates
+# zero operands (MAC energy, not cycles); skips N:M weights stored nm; skips whole zero tiles
+# of rows x cols weights; compacts every nonzero perfectly (the optimistic bound).
+SPARSITY_MODES = ("none", "gating", "nm", "block", "ideal")
+# keys that were replaced, with what to write instead
+_RENAMED = {"npu.zero_skipping": "'npu.zero_skipping' was replaced by 'npu.sparsity', one of "
+                                 f"{', '.join(SPARSITY_MODES)} (zero_skipping = true modelled "
+                                 "'ideal')"}
 
 
 class TargetError(ValueError):
@@ -44,7 +52,7 @@ class NPU:
     clock_hz: float = _field(min=1)
     weight_bits: int = _field(8, choices=(4, 8))  # MACs per PE per cycle: 8 / weight_bits
     int16_rate: float = _field(0.5, min=0)  # MAC rate with int16 activations (0: unsupported)
-    zero_skipping: bool = _field(False)  # skips MACs with a zero weight (sparsity)
+    sparsity: str = _field("none", choices=SPARSITY_MODES)  # what zero weights save
     palette_decode: bool = _field(False)  # decodes palettized weights in the weight path
 
 
@@ -131,6 +139,8 @@ def _section(cls: type, table: Any, where: str, path: Path) -> Any:
         raise TargetError(f"{path}: '{where}' must be a table")
     known = {f.name: f for f in fields(cls)}
     for key in table:
+        if f"{where}.{key}" in _RENAMED:
+            raise TargetError(f"{path}: {_RENAMED[f'{where}.{key}']}")
         if key not in known:
             raise TargetError(f"{path}: unknown key '{where}.{key}'; expected one of "
                               f"{', '.join(known)}")
