@@ -5,7 +5,7 @@
     npuc compile model.pt2 ...
     npuc emit-c path/to/file.py:factory --out DIR [--target npu-int8] [--no-check]
     npuc compare path/to/file.py:factory [--target npu-int8] [--passes ...]
-    npuc simulate path/to/file.py:factory [--target npu-int8] [--json]
+    npuc simulate path/to/file.py:factory [--target npu-int8] [--json] [--sparsity MODE]
     npuc targets [NAME]
     npuc passes
 
@@ -167,7 +167,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     model, inputs = load_model(args.model)
     print(f"compiling {args.model} for {args.target} ...", flush=True)
     report = npuc.compile(model, inputs, target=args.target, passes=args.passes,
-                          debug=args.debug).simulate()
+                          debug=args.debug).simulate(args.sparsity)
     print(report.to_json() if args.json else report)
     return 0
 
@@ -239,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     m = _model_command(sub, "simulate", "cycles, energy and memory per layer on the target",
                        cmd_simulate)
     m.add_argument("--json", action="store_true", help="print the report as JSON")
+    from npuc.targets import SPARSITY_MODES
+
+    m.add_argument("--sparsity", choices=SPARSITY_MODES, help="what the NPU does with zero "
+                   "weights, instead of the target's npu.sparsity (every mode's totals are "
+                   "listed either way)")
     _model_command(sub, "compare", "where a quantized model loses accuracy, op by op",
                    cmd_compare)
     e = _model_command(sub, "emit-c", "write the C project; build, run and check it", cmd_emit_c)

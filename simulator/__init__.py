@@ -141,8 +141,8 @@ class SimReport:
             for e, (n, macs, busy) in self.by_engine().items()))
         if self.by_sparsity:
             lines.append(f"{'sparsity':<10} {'cycles':>12} {'ms':>9} {'energy uJ':>10}  "
-                         f"(npu skips zero weights as '{self.sparsity}'; the others: what "
-                         "the same graph costs on an NPU that skips them so)")
+                         "(* this NPU; the others: the same graph on an NPU that treats zero "
+                         "weights that way)")
             for mode, t in self.by_sparsity.items():
                 mark = " *" if mode == self.sparsity else ""
                 lines.append(f"{mode + mark:<10} {t.cycles:>12,} {t.latency_s * 1e3:>9.3f} "
