@@ -457,8 +457,9 @@ def stored_nbytes(fmt: WeightFormat | str, values: np.ndarray, axis: int = 0) ->
 def auto_sparse_format(values: np.ndarray, axis: int, prefer_nm: bool = False) -> WeightFormat:
     """The int8 format "auto-sparse" stores `values` in: the smallest of int8, sparse and the
     N:M patterns the values hold (m in AUTO_NM_GROUPS, n the most nonzeros of any group), ties
-    to nm, then sparse; with `prefer_nm` the smallest N:M pattern whenever the values hold one
-    (an NPU that skips N:M natively needs the nm layout, even where a bitmap is smaller)."""
+    to nm, then sparse; with `prefer_nm` the smallest N:M pattern of at most half nonzeros
+    (2:4 and finer, what N:M hardware skips) whenever the values hold one: an NPU that skips N:M
+    natively needs the nm layout, even where a bitmap is smaller."""
     values = np.asarray(values)
     patterns = []
     if values.ndim >= 2:
@@ -466,7 +467,9 @@ def auto_sparse_format(values: np.ndarray, axis: int, prefer_nm: bool = False) -
             n = int(np.count_nonzero(_nm_runs(values, axis, m), axis=2).max(initial=0))
             if n < m:
                 patterns.append(WeightFormat("nm", 8, n=max(n, 1), m=m))
-    others = [] if prefer_nm and patterns else [WeightFormat("sparse", 8), WeightFormat("int", 8)]
+    skipped = [f for f in patterns if 2 * f.n <= f.m]
+    others = [] if prefer_nm and skipped else [WeightFormat("sparse", 8), WeightFormat("int", 8)]
+    patterns = skipped if prefer_nm and skipped else patterns
     return min(patterns + others, key=lambda f: stored_nbytes(f, values, axis))
 
 

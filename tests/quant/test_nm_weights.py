@@ -138,6 +138,8 @@ def test_auto_sparse_picks_the_smallest_layout() -> None:
     scattered = np.where(rng.random(w.shape) < 0.1, w, 0).astype(np.int8)
     scattered[0, :8] = 1  # 90% zeros, but no N:M pattern for m = 4 or 8
     assert str(auto_sparse_format(scattered, 0, prefer_nm=True)) == "sparse"
+    scattered[0, :8] = [1, 1, 1, 1, 1, 1, 0, 0]  # 6:8 holds, but bigger than int8: no nm
+    assert str(auto_sparse_format(scattered, 0, prefer_nm=True)) == "sparse"
     e = quantize_weight(two_four * 0.01, "auto-sparse")
     assert e.encoding == "sparse" and e.nbytes == stored_nbytes("sparse", e.values)
 
@@ -155,6 +157,10 @@ def test_quantize_stores_nm_layers_and_names_a_layer_that_is_not() -> None:
     chosen = {n.loc: encoding_of(n).name for n in cm.ir.nodes if n.is_const and n.loc
               and n.loc.endswith("weight")}
     assert set(chosen.values()) <= {"nm2:4", "sparse"}
+    on_nm_npu = npuc.compile(model, (x,), target="npu-w4a8",  # its NPU skips 2:4 natively
+                             passes={"quantize": {"weights": "auto-sparse"}})
+    assert {encoding_of(n).name for n in on_nm_npu.ir.nodes
+            if n.is_const and n.loc in chosen} == {"nm2:4"}
     back = parse(print_graph(cm.ir, constants=True))
     np.testing.assert_array_equal(npuc.interpret(back, x.numpy())[0], cm.run(x))
     model.fc2.weight.data[3, :4] = 1.0
