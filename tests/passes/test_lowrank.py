@@ -419,3 +419,21 @@ def test_pairs_survive_npu_int8_and_emit_bit_exact_c(tmp_path: Path) -> None:
     merge = next(r for r in cm.records if r.name == "merge_linear")
     assert "merged 0 pairs" in merge.notes[0]
     assert_bit_exact(cm, [x.numpy()], tmp_path)
+
+
+@pytest.mark.parametrize("at", ["start", "end"])
+def test_pairs_survive_merge_linear_in_any_order(at: str) -> None:
+    """By construction, not pass order: lowrank first in the pipeline (merge_linear right
+    after it, twice) or last before quantize, every factorised pair reaches the integer graph."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 10)).eval()
+    x = torch.randn(4, 32)
+    step = ("lowrank", {"rank": 4, "progress": False})
+    pipeline = list(npuc.targets.get("npu-int8").pipeline)
+    if at == "start":
+        pipeline = [step, "merge_linear", *pipeline]
+    else:
+        pipeline.insert(pipeline.index("quantize"), step)
+        pipeline.insert(pipeline.index("quantize"), "merge_linear")
+    cm = npuc.compile(model, (x,), calibration=[(x,)], passes=pipeline)
+    assert layer_weights(cm.ir, ("qlinear",)) == sorted([(4, 32), (48, 4), (4, 48), (10, 4)])
