@@ -37,6 +37,7 @@ from npuc.ops import NO_MIRROR, OPS
 from npuc.ops.elementwise import TORCH_DTYPES
 from npuc.rewrite import rewrite
 
+from .channels import Channels
 from .prune import count, reduction_rows, weight_layers
 
 Tensor = torch.Tensor
@@ -190,8 +191,8 @@ def soft_nm(n: int, m: int) -> Masks:
     return masks
 
 
-def soft_channels(channels: Any, sparsity: float) -> Masks:
-    """Soft masks for prune_channels: per prunable group of `channels` (a `Channels`), t the
+def soft_channels(channels: Channels, sparsity: float) -> Masks:
+    """Soft masks for prune_channels: per prunable group of `channels`, t the
     k-th smallest squared unit norm (a unit's rows in every producer); each producer's output
     rows are scaled by their unit's mask."""
     groups = [g for g in channels.groups if g.prunable]
