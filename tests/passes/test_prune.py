@@ -289,7 +289,6 @@ def test_channels_by_importance_remove_a_dead_channel_without_a_trace() -> None:
         fc1 = weight_layers(result)[0].inputs[1].data
         assert fc1.shape == (4, 6)
         assert (not any(np.array_equal(row, w1[3]) for row in fc1)) == dead_removed
-    assert_close(npuc.interpret(result, *data), npuc.interpret(graph, *data), rtol=1.0)
     result, _ = run(graph, "prune_channels", data, sparsity=0.2, criterion="importance")
     assert_close(npuc.interpret(result, *data), npuc.interpret(graph, *data))
 
