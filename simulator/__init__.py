@@ -22,7 +22,15 @@ from dataclasses import asdict, dataclass, field
 
 from npuc.ir import Graph, Node
 
-from .cost import OpCost, engines, is_view, op_cost, sram_bytes_per_s, supports
+from .cost import (
+    OpCost,
+    engines,
+    is_view,
+    op_cost,
+    sparsity_signature,
+    sram_bytes_per_s,
+    supports,
+)
 from .memory import MemoryPlan, plan_memory
 from .schedule import Slot, heft
 
@@ -175,11 +183,16 @@ def simulate(graph: Graph, target, sparsity: str | None = None,  # noqa: ANN001 
         raise ValueError(f"sparsity {sparsity!r}: expected one of "
                          f"{', '.join(_targets.SPARSITY_MODES)}")
     report = _simulate(graph, _with_sparsity(target, sparsity or target.npu.sparsity))
-    modes = {}
+    modes: dict[str, ModeTotals] = {}
+    gemms = list(graph.nodes)
+    done = {sparsity_signature(gemms, target.npu, report.sparsity):
+            ModeTotals(report.total_cycles, report.latency_s, report.energy_j)}
     for mode in _targets.SPARSITY_MODES if compare else ():
-        other = report if mode == report.sparsity else _simulate(graph,
-                                                                 _with_sparsity(target, mode))
-        modes[mode] = ModeTotals(other.total_cycles, other.latency_s, other.energy_j)
+        key = sparsity_signature(gemms, target.npu, mode)
+        if key not in done:  # a mode that changes nothing here costs what another one did
+            other = _simulate(graph, _with_sparsity(target, mode))
+            done[key] = ModeTotals(other.total_cycles, other.latency_s, other.energy_j)
+        modes[mode] = done[key]
     return dataclasses.replace(report, by_sparsity=modes)
 
 

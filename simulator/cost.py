@@ -265,6 +265,15 @@ def sparsity_fractions(node: Node, npu, mode: str | None = None  # noqa: ANN001 
     return ideal, ideal
 
 
+def sparsity_signature(nodes: list[Node], npu, mode: str) -> tuple:  # noqa: ANN001
+    """Everything sparsity `mode` changes in the cost of `nodes` on `npu`: each GEMM's
+    fractions and whether its weights are decoded first. Modes with equal signatures cost the
+    same, so the report simulates each signature once."""
+    npu = replace(npu, sparsity=mode)
+    return tuple((sparsity_fractions(n, npu), _decode_kind(n, npu)) for n in nodes
+                 if _weight(n) is not None)
+
+
 def _decode_kind(node: Node, npu) -> str | None:  # noqa: ANN001
     """"lut" or "unpack" when the NPU needs `node`'s weights decoded first (else None)."""
     w = _weight(node)
