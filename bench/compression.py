@@ -1,0 +1,283 @@
+"""What pruning and low-rank compression buy, npuc beside its peers; writes bench/RESULTS.md.
+
+    python -m bench.compression [--only digits|resnet18|minilm] [--no-c] [--quick]
+
+For each model and method (unstructured magnitude 50/75/90%, N:M 2:4 and 1:4, channels 25/50%,
+low-rank at 1/2 and 1/4 of the MACs; each with int8 and int4 weights) npuc compiles the model
+for npu-int8 with the compression pass before smoothquant and quantize in the target's own
+pipeline, and the table gives:
+- accuracy: the digits CNN's test accuracy (360 images); all-MiniLM-L6-v2's mean cosine to fp32
+  over held-out sentences; ResNet-18 (random weights: no trained ones ship in a package here) the
+  relative error of its logits to the fp32 model's;
+- weight bytes as stored (the encoding quantize chose: dense, sparse bitmap, nm, int4, ...),
+  MACs (of the lowered graph: channel pruning and low rank shrink them, zeros do not);
+- simulated cycles and energy on npu-int8 under its own sparsity mode and under the ideal one
+  (which zeros a perfect engine would skip), and on soc;
+- the generated C's latency on this CPU (one thread, median of runs).
+
+Peers on the same models in the same run: torch.ao.pruning's WeightNormSparsifier (magnitude and
+N:M, masks squashed into the weights) and Torch-Pruning 1.6's MagnitudePruner (L1 channel
+pruning through its dependency graph); npuc then compiles each peer's pruned torch model
+unchanged, so accuracy is compared at equal sparsity and at equal simulated latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import npuc  # noqa: E402
+from bench.results import write_section  # noqa: E402
+
+TARGET = "npu-int8"
+
+
+@dataclass
+class Case:
+    """A model, its calibration inputs and an accuracy measure of a compiled model."""
+
+    name: str
+    model: nn.Module
+    calibration: list[tuple[torch.Tensor, ...]]
+    accuracy: Callable[[Callable], float]  # of a function from inputs to outputs
+    metric: str
+    example: tuple[torch.Tensor, ...]
+
+
+def digits() -> Case:
+    from examples.digits_cnn import digits_data, train
+
+    model, _ = train()
+    x_train, _, x_test, y_test = digits_data()
+    calibration = [(x_train[i:i + 32],) for i in range(0, 256, 32)]
+
+    def accuracy(run: Callable) -> float:
+        right = 0
+        for i in range(0, len(y_test), 32):
+            batch = x_test[i:i + 32]
+            pad = 32 - len(batch)
+            padded = torch.cat([batch, batch.new_zeros((pad,) + batch.shape[1:])]) if pad else batch
+            logits = np.asarray(run(padded))[:len(batch)]
+            right += int((logits.argmax(1) == y_test[i:i + 32].numpy()).sum())
+        return 100.0 * right / len(y_test)
+
+    return Case("digits CNN", model, calibration, accuracy, "test accuracy %", calibration[0])
+
+
+def resnet18() -> Case:
+    from tests.models import ZOO
+
+    model, inputs = ZOO["resnet18"]()
+    torch.manual_seed(1)
+    calibration = [inputs] + [(torch.randn_like(inputs[0]),)]
+    probe = (torch.randn_like(inputs[0]),)
+    with torch.no_grad():
+        want = model.eval()(*probe).numpy()
+
+    def accuracy(run: Callable) -> float:
+        got = np.asarray(run(*probe))
+        return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+    return Case("ResNet-18 (224)", model.eval(), calibration, accuracy, "logits rel. error",
+                inputs)
+
+
+def minilm(sentences: int = 16) -> Case:
+    from examples import minilm as lm
+
+    model = lm.load()
+    calibration = [lm.encode(lm.CALIBRATION_SENTENCES[i:i + 16])
+                   for i in range(0, len(lm.CALIBRATION_SENTENCES), 16)]
+    held = lm.held_out_sentences()[:sentences]
+    batches = [lm.encode(held[i:i + 16]) for i in range(0, len(held), 16)]
+    with torch.no_grad():
+        wants = [model(*b).numpy() for b in batches]
+
+    def accuracy(run: Callable) -> float:
+        cos = []
+        for b, want in zip(batches, wants, strict=True):
+            got = np.asarray(run(*b))
+            cos += list((got * want).sum(1) / np.linalg.norm(got, axis=1)
+                        / np.linalg.norm(want, axis=1))
+        return float(np.mean(cos))
+
+    return Case("all-MiniLM-L6-v2", model, calibration, accuracy, "mean cosine to fp32",
+                calibration[0])
+
+
+NOTE = ("The target's pipeline with the compression step before smoothquant and quantize, "
+        "post-training (no finetune=); weights `auto-sparse` (each layer in the smallest of "
+        "int8, sparse bitmap, nm) or int4. Cycles: npu-int8 under its own sparsity mode "
+        "(gating: zeros save energy, not cycles) and under the ideal one; soc under its own "
+        "(ideal). C: make's defaults on this CPU, dense kernels (zeros are decoded). Peers "
+        "prune the torch model; npuc then compiles it unchanged.")
+
+CASES = {"digits": digits, "resnet18": resnet18, "minilm": minilm}
+
+# (label, the compression step inserted into the target pipeline or None)
+METHODS: list[tuple[str, tuple[str, dict] | None]] = [
+    ("dense", None),
+    ("magnitude 50%", ("prune_magnitude", {"sparsity": 0.5})),
+    ("magnitude 75%", ("prune_magnitude", {"sparsity": 0.75})),
+    ("magnitude 90%", ("prune_magnitude", {"sparsity": 0.9})),
+    ("2:4", ("prune_nm", {"n": 2, "m": 4})),
+    ("1:4", ("prune_nm", {"n": 1, "m": 4})),
+    ("channels 25%", ("prune_channels", {"sparsity": 0.25})),
+    ("channels 50%", ("prune_channels", {"sparsity": 0.5})),
+    ("low rank 1/2 MACs", ("lowrank", {"budget": 0.5, "progress": False})),
+    ("low rank 1/4 MACs", ("lowrank", {"budget": 0.25, "progress": False})),
+]
+
+
+def pipeline(step: tuple[str, dict] | None, weights: str, target: str = TARGET) -> list:
+    """The target's pipeline with `step` before its equivalent transforms and quantize."""
+    steps: list = list(npuc.targets.get(target).pipeline)
+    at = steps.index("smoothquant")
+    if step is not None:
+        steps.insert(at, step)
+    steps[steps.index("quantize")] = ("quantize", {"weights": weights})
+    return steps
+
+
+def c_latency(cm: npuc.CompiledModel, inputs: tuple) -> float:
+    """Median µs of the generated C (make's defaults) over 5 batches of 10 runs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        project = cm.emit_c(Path(tmp) / "c")
+        subprocess.run(["make", "-s", "-C", str(project)], check=True)
+        np.concatenate([np.asarray(x, dtype="<f4").ravel() for x in inputs]).tofile(
+            project / "in.bin")
+        means = []
+        for _ in range(5):
+            done = subprocess.run([str(project / "model"), str(project / "in.bin"),
+                                   str(project / "out.bin"), "10"], check=True,
+                                  capture_output=True, text=True)
+            means.append(float((done.stdout + done.stderr).split("mean")[1].split()[0]))
+        return statistics.median(means)
+
+
+def measure(case: Case, model: nn.Module, step: tuple[str, dict] | None, weights: str,
+            with_c: bool) -> dict:
+    t0 = time.perf_counter()
+    cm = npuc.compile(model, case.example, target=TARGET, calibration=case.calibration,
+                      passes=pipeline(step, weights))
+    seconds = time.perf_counter() - t0
+    report = cm.simulate()
+    summary = cm.summary()
+    soc = npuc.compile(model, case.example, target="soc", calibration=case.calibration,
+                       passes=pipeline(step, weights, "soc")).simulate()
+    return {"accuracy": case.accuracy(cm.run), "bytes": summary.weight_bytes,
+            "macs": summary.macs, "cycles": report.total_cycles, "energy": report.energy_j,
+            "ideal": report.by_sparsity["ideal"].cycles, "soc_s": soc.latency_s,
+            "compile_s": seconds,
+            "c_us": c_latency(cm, tuple(x.numpy() for x in case.example)) if with_c else None}
+
+
+def peers(case: Case) -> list[tuple[str, nn.Module | str]]:
+    """The peers' pruned copies of the model (or why a peer could not prune it):
+    torch.nn.utils.prune (magnitude), torch.ao.pruning (N:M) and Torch-Pruning (channels)."""
+    import copy
+
+    from torch.ao.pruning import WeightNormSparsifier
+    from torch.nn.utils import prune
+
+    def layers(model: nn.Module, kinds: tuple = (nn.Conv2d, nn.Linear)) -> list[nn.Module]:
+        return [m for m in model.modules() if isinstance(m, kinds)]
+
+    out: list[tuple[str, nn.Module | str]] = []
+    model = copy.deepcopy(case.model)
+    for m in layers(model):
+        prune.l1_unstructured(m, "weight", amount=0.75)
+        prune.remove(m, "weight")
+    out.append(("torch.nn.utils.prune L1 75% per layer", model))
+    model = copy.deepcopy(case.model)
+    names = {id(m): n for n, m in model.named_modules()}
+    try:  # its N:M blocks are over 2-D weights: linears only
+        sparsifier = WeightNormSparsifier(sparsity_level=1.0, sparse_block_shape=(1, 4),
+                                          zeros_per_block=2)
+        sparsifier.prepare(model, [{"tensor_fqn": f"{names[id(m)]}.weight"}
+                                   for m in layers(model, (nn.Linear,))])
+        sparsifier.step()
+        sparsifier.squash_mask()
+        out.append(("torch.ao.pruning 2:4 (linears only)", model))
+    except Exception as e:  # noqa: BLE001
+        out.append(("torch.ao.pruning 2:4", f"n/a ({type(e).__name__}: {e})"[:100]))
+    try:
+        import torch_pruning as tp
+
+        model = copy.deepcopy(case.model)
+        head = layers(model, (nn.Linear,))[-1:]
+        pruner = tp.pruner.MagnitudePruner(model, case.example,
+                                           importance=tp.importance.MagnitudeImportance(p=1),
+                                           pruning_ratio=0.25, ignored_layers=head)
+        pruner.step()
+        out.append(("Torch-Pruning L1 channels 25%", model))
+    except Exception as e:  # noqa: BLE001
+        out.append(("Torch-Pruning channels 25%", f"n/a ({type(e).__name__}: {e})"[:100]))
+    return out
+
+
+def table(case: Case, rows: list[tuple[str, str, dict]], with_c: bool) -> str:
+    head = (f"| method | weights | {case.metric} | weight KB | MMACs | npu-int8 cycles (own mode) "
+            "| npu-int8 cycles (ideal) | npu-int8 µJ | soc µs | C µs |")
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, weights, r in rows:
+        if "error" in r:
+            lines.append(f"| {label} | {weights} | pending: {r['error']} | | | | | | | |")
+            continue
+        c = f"{r['c_us']:,.0f}" if r.get("c_us") is not None else "-"
+        lines.append(f"| {label} | {weights} | {r['accuracy']:.4f} | {r['bytes'] / 1024:,.1f} | "
+                     f"{r['macs'] / 1e6:,.1f} | {r['cycles']:,} | {r['ideal']:,} | "
+                     f"{r['energy'] * 1e6:,.1f} | {r['soc_s'] * 1e6:,.0f} | {c} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=sorted(CASES))
+    parser.add_argument("--no-c", action="store_true", help="skip building and timing the C")
+    parser.add_argument("--quick", action="store_true", help="int8 only, print, do not write")
+    args = parser.parse_args()
+    for key in [args.only] if args.only else list(CASES):
+        case = CASES[key]()
+        rows = []
+        for weights in ["auto-sparse"] if args.quick else ["auto-sparse", "int4"]:
+            for label, step in METHODS:
+                print(f"{case.name}: {label}, {weights}", flush=True)
+                try:
+                    rows.append((label, weights, measure(case, case.model, step, weights,
+                                                         not args.no_c)))
+                except Exception as e:  # a failing row is recorded, not fatal
+                    rows.append((label, weights, {"error": f"{type(e).__name__}: {e}"[:120]}))
+        for label, model in peers(case):
+            print(f"{case.name}: {label}", flush=True)
+            if isinstance(model, str):
+                rows.append((label, "auto-sparse", {"error": model}))
+                continue
+            try:
+                rows.append((label, "auto-sparse", measure(case, model, None, "auto-sparse",
+                                                           not args.no_c)))
+            except Exception as e:
+                rows.append((label, "auto-sparse", {"error": f"{type(e).__name__}: {e}"[:120]}))
+        text = table(case, rows, not args.no_c)
+        print(text, flush=True)
+        if not args.quick:
+            write_section(f"Compression trade-offs: {case.name}", "python -m bench.compression",
+                          text, NOTE)
+
+
+if __name__ == "__main__":
+    main()
