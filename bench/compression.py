@@ -230,7 +230,7 @@ def peers(case: Case) -> list[tuple[str, nn.Module | str]]:
     return out
 
 
-def table(case: Case, rows: list[tuple[str, str, dict]], with_c: bool) -> str:
+def table(case: Case, rows: list[tuple[str, str, dict]]) -> str:
     head = (f"| method | weights | {case.metric} | weight KB | MMACs | npu-int8 cycles (own mode) "
             "| npu-int8 cycles (ideal) | npu-int8 µJ | soc µs | C µs |")
     lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -272,7 +272,7 @@ def main() -> None:
                                                            not args.no_c)))
             except Exception as e:
                 rows.append((label, "auto-sparse", {"error": f"{type(e).__name__}: {e}"[:120]}))
-        text = table(case, rows, not args.no_c)
+        text = table(case, rows)
         print(text, flush=True)
         if not args.quick:
             write_section(f"Compression trade-offs: {case.name}", "python -m bench.compression",

@@ -9,7 +9,7 @@ and group:
   layout (`NPUC_U8_ROWS` in npuc_runtime.h): unsigned bytes x + 128 where the CPU has a u8 x s8
   dot product (AVX-512 VNNI / AVX-VNNI vpdpbusd, which gcc and clang emit from the plain loop),
   the zero point returning as a per-channel term (zp + 128) * sum(w) taken off each sum; else
-  centred int16 x - zp (pmaddwd on AVX2: 3.3x faster there than u8 rows, which compilers
+  centred int16 x - zp (pmaddwd on AVX2: 3x faster there than u8 rows, which compilers
   multiply in 16 bits and widen). Otherwise centred x - zp, int16 (int32 when that does not
   fit). A linear's or matmul's rows are its input rows; a pointwise conv's are its input
   columns (a transpose); any other conv's are im2col patches in (tap, channel) order, copied
