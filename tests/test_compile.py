@@ -189,9 +189,37 @@ def test_target_files_reject_non_finite_numbers(tmp_path: Path, line: str, field
         npuc.targets.load(path)
 
 
-def npuc_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "npuc", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+def npuc_cli(*args: str, cwd: Path, subprocess_: bool = False) -> subprocess.CompletedProcess:
+    """`npuc *args` in `cwd`: in this process (a new one costs seconds of imports), or as
+    `python -m npuc` when `subprocess_`. A model file's pass registrations and sys.path entries
+    are undone afterwards so that they do not leak into other tests."""
+    if subprocess_:
+        return subprocess.run([sys.executable, "-m", "npuc", *args], cwd=cwd,
+                              capture_output=True, text=True, timeout=300)
+    import contextlib
+    import io
+    import os
+
+    from npuc.cli import main
+    from npuc.pipeline import REGISTRY
+
+    passes, path, here = dict(REGISTRY), list(sys.path), os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = main(list(args))
+            except SystemExit as e:  # what the interpreter would make of it
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+                status = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(here)
+        sys.path[:] = path
+        REGISTRY.clear()
+        REGISTRY.update(passes)
+    return subprocess.CompletedProcess(list(args), status, out.getvalue(), err.getvalue())
 
 
 FACTORY = textwrap.dedent("""
@@ -220,6 +248,14 @@ FACTORY = textwrap.dedent("""
                 h = self.body(x)
                 return {"logits": h.relu(), "hidden": h}
         return Heads().eval(), (torch.randn(2, 8),)
+
+    def sparse():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+        with torch.no_grad():
+            for m in (model[0], model[2]):
+                m.weight[torch.rand_like(m.weight) < 0.75] = 0
+        return model.eval(), (torch.randn(16, 64),)
 
     from npuc.passes import register_pass
 
@@ -264,6 +300,33 @@ def test_cli_simulate_prints_the_report(tmp_path: Path) -> None:
     assert "qconv" in result.stdout and "npu" in result.stdout and "total:" in result.stdout
 
 
+def test_cli_simulate_sparsity_overrides_the_targets_mode(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "net.py").write_text(FACTORY)
+    reports = {}
+    for mode in ["ideal", "gating"]:
+        result = npuc_cli("simulate", "net.py:sparse", "--sparsity", mode, "--json", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        reports[mode] = json.loads(result.stdout[result.stdout.index("{"):])
+        assert reports[mode]["sparsity"] == mode
+    ideal, gating = reports["ideal"], reports["gating"]
+    assert ideal["total_cycles"] < gating["total_cycles"]  # 75% zeros: skipped only when ideal
+    assert ideal["by_sparsity"]["ideal"]["cycles"] == ideal["total_cycles"]
+    assert gating["by_sparsity"]["gating"]["cycles"] == gating["total_cycles"]
+    shown = npuc_cli("simulate", "net.py:sparse", "--sparsity", "nm", cwd=tmp_path)
+    assert any(line.startswith("nm *") for line in shown.stdout.splitlines()), shown.stdout
+    bad = npuc_cli("simulate", "net.py:sparse", "--sparsity", "zero_skipping", cwd=tmp_path)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_cli_runs_as_a_module(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text(FACTORY)
+    result = npuc_cli("simulate", "net.py:sparse", cwd=tmp_path, subprocess_=True)
+    assert result.returncode == 0, result.stderr
+    assert "total:" in result.stdout and "Traceback" not in result.stderr
+
+
 def test_cli_reports_unsupported_ops(tmp_path: Path) -> None:
     (tmp_path / "net.py").write_text(FACTORY)
     result = npuc_cli("compile", "net.py:broken", cwd=tmp_path)
@@ -284,7 +347,8 @@ def test_cli_errors_inside_a_pass_are_one_message(tmp_path: Path) -> None:
     assert bug.returncode == 1 and "Traceback" not in bug.stderr
     assert "pass explode failed: IndexError" in bug.stderr and "passes run before it: cse" in \
         bug.stderr and "internal error of npuc: rerun with --debug" in bug.stderr
-    debug = npuc_cli("compile", "net.py:build", "--passes", "mobilequant", "--debug", cwd=tmp_path)
+    debug = npuc_cli("compile", "net.py:build", "--passes", "mobilequant", "--debug", cwd=tmp_path,
+                     subprocess_=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
