@@ -130,8 +130,9 @@ BIASED = ("conv", "conv_transpose", "linear")  # layers with a bias operand (mat
 def input_means(graph: Graph, layers: Sequence[Node], calibration: Sequence[tuple]
                 ) -> dict[Node, np.ndarray]:
     """Each layer's input averaged over its batch axis and every calibration input (float64,
-    batch axis kept as 1)."""
-    wanted = {layer.inputs[0]: layer for layer in layers}
+    batch axis kept as 1); layers reading the same value get the same mean. A layer whose
+    input is a constant (never observed) is left out."""
+    wanted = {layer.inputs[0] for layer in layers}  # layers may share an input
     sums: dict[Node, np.ndarray] = {}
 
     def observe(node: Node, value: np.ndarray) -> None:
@@ -144,7 +145,8 @@ def input_means(graph: Graph, layers: Sequence[Node], calibration: Sequence[tupl
             observe(node, np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach")
                                      else value))
         interpret(graph, *inputs, observe=observe)
-    return {wanted[x]: total / len(calibration) for x, total in sums.items()}
+    return {layer: sums[layer.inputs[0]] / len(calibration) for layer in layers
+            if layer.inputs[0] in sums}
 
 
 def bias_shift(layer: Node, mean_input: np.ndarray, removed: np.ndarray) -> np.ndarray:

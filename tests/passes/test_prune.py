@@ -333,6 +333,34 @@ def test_bias_correction_keeps_the_mean_output_of_a_linear(name: str, options: d
     assert not np.allclose(first[2].mean(axis=0), first[0].mean(axis=0), atol=1e-2)
 
 
+def fan_out() -> tuple[Graph, tuple]:
+    """Two layers reading one value (Q and K after a LayerNorm, a residual block's conv and its
+    shortcut): x -> relu(linear) -> two heads."""
+    rng = np.random.default_rng(5)
+    x = graph_input("x", TensorType((8, 12), DType.F32))
+    h = make("relu", [make("linear", [x, const(rng.normal(size=(8, 12)).astype("f4")),
+                                      const(np.ones(8, np.float32))], loc="enc")])
+    heads = tuple(make("linear", [h, const(rng.normal(size=(3, 8)).astype("f4")),
+                                  const(np.zeros(3, np.float32))], loc=f"head{k}")
+                  for k in range(2))
+    return Graph((x,), heads), (rng.random((8, 12)).astype(np.float32) + 0.5,)
+
+
+@pytest.mark.parametrize("name, options, corrected", [
+    ("prune_magnitude", {"sparsity": 0.5, "layers": ["head*"]}, 2),
+    ("prune_nm", {"n": 1, "m": 4, "layers": ["head*"]}, 2),
+    ("prune_channels", {"sparsity": 0.5}, 2)])
+def test_bias_correction_reaches_every_layer_reading_a_shared_input(
+        name: str, options: dict, corrected: int) -> None:
+    """Every layer that reads the same value gets its bias corrected, not only the last."""
+    graph, inputs = fan_out()
+    result, note = run(graph, name, inputs, **options)
+    assert f"{corrected} biases corrected" in note
+    for before, after in zip(npuc.interpret(graph, *inputs), npuc.interpret(result, *inputs),
+                             strict=True):
+        np.testing.assert_allclose(after.mean(axis=0), before.mean(axis=0), atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["prune_magnitude", "prune_nm", "prune_channels"])
 def test_notes_say_what_was_not_measured(name: str) -> None:
     graph, _ = mlp()
