@@ -494,6 +494,13 @@ class _Search:
         predicted = error
         while cost > goal and heap:
             _, _, slot, rank, delta, saved = heapq.heappop(heap)
+            if saved > cost - goal:  # chosen for a larger gap than is left: choose again
+                step = _next_step(slot, ranks[slot], curves[slot], cost - goal, self.of)
+                if step is not None and step[0] != rank:
+                    rank, local, saved = step
+                    heapq.heappush(heap, (sigma[slot] * local / saved, next(order), slot, rank,
+                                          sigma[slot] * local, saved))
+                    continue
             if self.limit is not None and predicted + delta > self.limit:
                 self.stopped = "max_error reached"
                 continue  # this layer rests for the round

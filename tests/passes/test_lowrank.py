@@ -362,6 +362,25 @@ def test_max_error_bounds_the_search() -> None:
     assert "max_error reached, budget not met" in note
 
 
+@pytest.mark.parametrize("budget, steps", [(0.9, 1), (0.5, 3)])
+def test_budget_search_does_not_overshoot(budget: float, steps: int) -> None:
+    """Four equal 32x32 linears (one rank step: 1/64 of the MACs): the search ends within one
+    rank step of the budget, however many layers stepped in the round; a step chosen for the
+    round's whole gap is chosen again once other layers' steps have closed part of it."""
+    rng = np.random.default_rng(0)
+    x = graph_input("x", TensorType((64, 32), DType.F32))
+    h = x
+    for k in range(4):
+        w = (rng.normal(size=(32, 32)) * np.linspace(1, 0.05, 32)).astype(np.float32)
+        h = make("relu", [make("linear", [h, const(w), const(np.zeros(32, np.float32))],
+                                loc=f"l{k}")])
+    graph = Graph((x,), (h,))
+    inputs = (rng.normal(size=(64, 32)).astype(np.float32),)
+    result, note = lowrank(graph, inputs, budget=budget, steps=steps)
+    kept = summarize(result).macs / summarize(graph).macs
+    assert budget - 1 / 64 < kept <= budget, note
+
+
 def test_output_fit_beats_the_weight_fit_on_its_calibration_data() -> None:
     """Correlated inputs (a low-dimensional signal): the output-fitted SVD is the better
     rank-r map on them."""
