@@ -31,7 +31,8 @@ on that data (Eckart-Young in G's metric; digits CNN, its 3x3 conv at rank 12 of
 accuracy, 60.8% with the plain SVD); "weights": the SVD of w itself. Spatial pairs always fit
 the weights (the best output fit has no closed form there). `energy` counts the singular values
 of the matrix decomposed: with "outputs", the fraction of the layer's output energy kept.
-`layers`: module-path globs (fnmatch on node.loc; default every layer). `allow_growth` (False):
+`layers`: module-path globs (fnmatch on node.loc; default every layer; globs that match no
+layer are an error listing the layers). `allow_growth` (False):
 also factorise where the pair is not smaller (only to study the factorisation: full rank always
 grows a layer).
 
@@ -664,6 +665,12 @@ def lowrank(graph: Graph, ctx: PassContext, *, rank: int | float | None = None,
     _check(rank, energy, budget, max_error, steps)
     calibration = require_calibration(ctx.calibration, "lowrank")
     chosen, alone = _select(graph, layers)
+    if layers is not None and not chosen and not alone:
+        paths = [n.loc for group in _select(graph, None) for n in group if n.loc]
+        shown = ", ".join(paths[:8]) + (", ..." if len(paths) > 8 else "")
+        raise ValueError(f"lowrank: option layers={list(layers)!r} matches no linear/conv layer "
+                         f"with constant weights (fnmatch on module paths); the layers here: "
+                         f"{shown or 'none with a module path'}")
     left = (f"; left alone: {len(alone)} grouped/depthwise conv or conv_transpose "
             f"({', '.join(n.loc or n.op for n in alone)})" if alone else "")
     if not chosen:

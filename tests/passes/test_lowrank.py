@@ -342,6 +342,10 @@ def test_options_are_checked() -> None:
         passes.apply(graph, "lowrank", rank=2)
     with pytest.raises(ValueError, match="out of reach"):
         lowrank(graph, inputs, budget=0.01)
+    # a glob that matches no layer is a typo, not "nothing to factorise"
+    with pytest.raises(ValueError, match=r"lowrank: option layers=\['fc\.\*'\] matches no "
+                                         r"linear/conv layer.*: 0, 2"):
+        lowrank(graph, inputs, rank=2, layers=["fc.*"])
 
 
 def test_energy_keeps_that_fraction_of_the_singular_values() -> None:
