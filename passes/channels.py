@@ -390,7 +390,7 @@ class Channels:
             values = tuple(n for n, maps in self.maps.items()
                            if any(np.isin(v, atom_ids).any() for v in maps.values()))
             consumers = tuple(c for c in self.consumers if c.inputs[0] in values
-                              and np.isin(self.maps[c.inputs[0]].get(_contracted(c), -1),
+                              and np.isin(self.maps[c.inputs[0]].get(contracted_axis(c), -1),
                                           atom_ids).any())
             reason = next((self._pins[r] for r in roots if r in self._pins), None)
             groups.append(ChannelGroup(producers, units, values, consumers, reason))
@@ -668,7 +668,7 @@ def _aligned(c: Node, axis: int, rank: int) -> int | None:
     return c.shape[a] if a >= 0 else None
 
 
-def _contracted(layer: Node) -> int:
+def contracted_axis(layer: Node) -> int:
     """The axis of a consumer's input that it contracts (its input channels)."""
     return len(layer.inputs[0].shape) - 1 if layer.op in ("linear", "matmul") else 1
 

@@ -46,7 +46,15 @@ from npuc.ir import Graph, Node
 from npuc.pipeline import CalibrationError, PassContext, plural, register_pass
 
 from .calibration import require_calibration
-from .channels import ChannelGroup, Channels, Unit, channel_axis, output_rows, weight_columns
+from .channels import (
+    ChannelGroup,
+    Channels,
+    Unit,
+    channel_axis,
+    contracted_axis,
+    output_rows,
+    weight_columns,
+)
 from .pdp import Finetune, soft_channels, train
 from .prune import (
     BIASED,
@@ -75,7 +83,7 @@ def unit_scores(ch: Channels, criterion: str, calibration: list[tuple] | None,
 
         return ch.unit_sums((p, channel_axis(p), norm(output_rows(p))) for p in ch.producers)
     data = require_calibration(calibration, "prune_channels")
-    axes = {c.inputs[0]: _contracted(c) for c in ch.consumers}
+    axes = {c.inputs[0]: contracted_axis(c) for c in ch.consumers}
     moments: dict[Node, np.ndarray] = {}
 
     def observe(node: Node, value: np.ndarray) -> None:
@@ -95,10 +103,6 @@ def unit_scores(ch: Channels, criterion: str, calibration: list[tuple] | None,
                         for c in ch.consumers if c.inputs[0] in spread)
 
 
-def _contracted(layer: Node) -> int:
-    return len(layer.inputs[0].shape) - 1 if layer.op in ("linear", "matmul") else 1
-
-
 def compensation(ch: Channels, removed: list[Unit], calibration: list[tuple] | None
                  ) -> dict[Node, np.ndarray]:
     """Per consumer that loses input channels, what those channels added to its output on
@@ -108,7 +112,7 @@ def compensation(ch: Channels, removed: list[Unit], calibration: list[tuple] | N
     layers = [c for c in ch.consumers if c.op in BIASED and len(c.inputs[0].shape) >= 2]
     shifts = {}
     for layer, mean in input_means(ch.graph, layers, calibration).items():
-        axis = _contracted(layer)
+        axis = contracted_axis(layer)
         gone = ch.removed_mask(layer.inputs[0], axis, removed)
         if gone.any():
             shape = [1] * mean.ndim
