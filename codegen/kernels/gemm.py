@@ -33,6 +33,23 @@ switch to 512-term chunks beyond 516. Depthwise convs (one input channel per gro
 `ops/conv_dw.c.j2`: per channel its padded plane, then per output row each tap adds a weight
 times a strided row of the plane to an int32 (or int64) row accumulator, vectorised over the
 row, which is padded to a multiple of 8.
+
+Sparse weights: a qlinear's or qconv's (not a conv_transpose's) constant weight stored `sparse`
+(bitmap + nonzeros, `npuc.quant.weights`) with density below `SPARSE_DENSITY` and at least
+`SPARSE_MIN_ROWS` rows runs `ops/gemm_sparse.c.j2` instead, which skips the zeros ("Fast Sparse
+ConvNets", Elsen et al.): per tile of rows the activations k-major as centred int32 xt[kk][r]
+(always int32, whatever the activation width: measured faster than int16 rows here, as the
+products need no widening); a linear's rows transposed, a pointwise conv's input planes copied,
+any other conv's gathered from a planar padded copy of its group in the stored (channel, tap)
+order, so the bitmap's order is the GEMM's. Then per block of `SPARSE_BLOCK` rows and output
+channel, `SPARSE_BLOCK` int32 scalars (the compiler keeps them in vector registers) take
+w * xt[kk][r] for each set bit kk of that channel's bitmap row (56 bits a step, lowest first
+via npuc_ctz64) and the next stored value; the dense kernel's bias, saturation and
+requantization follow. The C stores the payload as is, plus 8 zero bytes (the bitmap's 8-byte
+loads) and, for grouped convs, an int32 index of each group's first value; there is no decode
+pass. Exactness: the sums are int32 only when `plan_dot` proves a channel's nonzeros cannot
+overflow (max nonzeros * max|x - zp| * max|w| < 2**31), so their order does not matter; else
+the dense kernel runs. Sparse weights that stay on the dense path are decoded every call.
 """
 
 from __future__ import annotations
@@ -59,6 +76,16 @@ LANES = 8  # a depthwise conv's row accumulators are padded to a multiple of thi
 VECTOR = 16  # GEMM rows (activations and weights) are padded to a multiple of this
 PIXELS = 2  # rows per register block (times 4 channels: 8 accumulators)
 MIN_CHUNK = 64  # int32 partial sums shorter than this: accumulate in int64 instead
+SPARSE_BLOCK = 32  # rows per register block of the sparse kernel (4 AVX2 int32 vectors)
+# The sparse kernel where a layer's weight density is below SPARSE_DENSITY and it has at least
+# SPARSE_MIN_ROWS rows (bench/sparse_kernel.py, RESULTS.md "Sparse kernel", Zen 3 AVX2, gcc -O3
+# -march=native, noisy shared machine: ResNet-18 3x3 and 1x1 convs at 56/28/14 break even at
+# 7-33% density, 1.1-2.7x faster at 5%; a 128-token MiniLM 384x1536 linear breaks even at 31%,
+# 2.4x at 5%; a 16-token one loses at every density, its blocks too short to pay for the
+# bitmap walk). Conservative on purpose: on AVX-512 VNNI CPUs the dense kernel is about 2x
+# faster, which roughly halves the break-even density.
+SPARSE_DENSITY = 0.1
+SPARSE_MIN_ROWS = 64
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -184,6 +211,71 @@ def _weights(ctx: Context, w: Node, rows: int, k: int, x: Lhs,
     return params
 
 
+# -- sparse weights -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sparse:
+    """The sparse kernel's plan for one GEMM (see the module docstring): `block` rows of int32
+    accumulators, tiles of `tile` rows (a multiple of `block`) of k-major centred int32 rows."""
+
+    x: Lhs
+    density: float
+    block: int
+    tile: int
+
+
+def sparse_plan(w: Node, channels: int, k: int, rows: int, x: TensorType) -> Sparse | None:
+    """The sparse kernel's plan when const weight `w` ([channels, k] flattened, its C order the
+    GEMM's) is `sparse`-encoded, below `SPARSE_DENSITY`, has `SPARSE_MIN_ROWS` rows or more,
+    and every channel's sum provably fits
+    int32 (`plan_dot` over a channel's nonzeros); else None (the dense kernel)."""
+    if (not w.is_const or encoding_of(w).kind != "sparse" or channels * k == 0
+            or rows < SPARSE_MIN_ROWS):
+        return None
+    values = np.asarray(w.data, np.int64).reshape(channels, k)
+    nonzero = np.count_nonzero(values, axis=1)
+    density = float(nonzero.sum()) / values.size
+    lo, hi = arith.dtype_range(x.dtype)
+    zp = per_tensor(x)[1]
+    centred = Lhs("npuc_i32", zp, 0, max(abs(lo - zp), abs(hi - zp)))
+    if density >= SPARSE_DENSITY or plan_dot(int(nonzero.max()), centred.bound *
+                                             _weight_bound(w)).mode != "int32":
+        return None
+    block = min(SPARSE_BLOCK, _up(rows, 8))
+    tile = min(_up(rows, block), max(block, TILE_BYTES // (4 * k) // block * block))
+    return Sparse(centred, density, block, tile)
+
+
+def _sparse_kernel(node: Node, ctx: Context, plan: Sparse, *, k: int, m: int, images: int,
+                   groups: int, og: int, fill: dict[str, Any], out: dict[str, int],
+                   xp: dict[str, Any] | None = None) -> Kernel:
+    """The `gemm_sparse` template's parameters: the stored payload (bitmap, then the nonzero
+    values) read in place, plus 8 zero bytes for the bitmap's 8-byte loads."""
+    x, w = node.inputs[:2]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    channels = groups * og
+    payload = np.asarray(w.attrs["data"], np.uint8).ravel()
+    values = np.asarray(w.data, np.int64).reshape(channels, k)
+    firsts = np.count_nonzero(values, axis=1).cumsum()[og - 1:-1:og] if groups > 1 else []
+    starts = np.concatenate([[0], firsts]).astype(np.int32)
+    params = {
+        "x": ctx.ptr(x), "x_t": ctype(x.dtype), "y": ctx.ptr(node),
+        "payload": ctx.array(np.concatenate([payload, np.zeros(8, np.uint8)]), "npuc_u8",
+                             f"{w.loc or 'weight'}: sparse ({values.size} values) + 8 bytes"),
+        "values_at": -(-values.size // 8),
+        "starts": ctx.array(starts, "npuc_i32", "first nonzero of each group")
+        if groups > 1 else None,
+        "xt": ctx.scratch(4 * k * plan.tile, "npuc_i32"),
+        "acc": ctx.scratch(4 * plan.block, "npuc_i32"),
+        "rowbase": ctx.scratch(4 * plan.tile, "npuc_i32") if fill["kind"] == "conv" else None,
+        "xp": xp, "images": images, "groups": groups, "og": og, "k": k, "m": m,
+        "mt": plan.tile, "rb": plan.block, "density": f"{plan.density:.3f}",
+        "threshold": SPARSE_DENSITY, "fill": fill, "out": out,
+        **_requant(node, ctx, channels, bias, _gemm_scales(node)),
+    }
+    return Kernel("gemm_sparse", params)
+
+
 # -- qlinear / qmatmul ----------------------------------------------------------------------------
 
 @kernel("qlinear")
@@ -193,6 +285,11 @@ def _qlinear(node: Node, ctx: Context) -> Kernel:
     k = x.shape[-1]
     n_out = w.shape[0]
     rows = math.prod(x.shape[:-1])
+    plan = sparse_plan(w, n_out, k, rows, x.type)
+    if plan is not None:
+        return _sparse_kernel(node, ctx, plan, k=k, m=rows, images=1, groups=1, og=n_out,
+                              fill={"kind": "rows", "sub": plan.x.sub},
+                              out={"image": 0, "o": 1, "m": n_out})
     rows_in = lhs(x.type, constant_weights=True)
     weights = _weights(ctx, w, n_out, k, rows_in)
     kp = weights["kp"]
@@ -388,6 +485,17 @@ def _order(geo: Geometry, transpose: bool) -> Order:
     return Order(src, cg, t, transpose, geo.groups)
 
 
+def _pixel(geo: Geometry, zs: list[int]) -> tuple[list[tuple[str, str]], str]:
+    """C for output pixel m's coordinates q<i> (declarations) and the offset of its window's
+    first element in a padded image whose axis i has stride zs[i]."""
+    q_exprs, div = [], 1
+    for i in reversed(range(len(geo.q))):
+        expr = f"m / {div}" if div > 1 else "m"
+        q_exprs.append((f"q{i}", f"{expr} % {geo.q[i]}" if i else expr))
+        div *= geo.q[i]
+    return q_exprs, _sum(*[_times(f"q{i}", geo.stride[i] * zs[i]) for i in range(len(geo.q))])
+
+
 def _conv(node: Node, ctx: Context, transpose: bool) -> Kernel:
     x, w = node.inputs[:2]
     bias = node.inputs[2] if len(node.inputs) > 2 else None
@@ -406,6 +514,9 @@ def _conv(node: Node, ctx: Context, transpose: bool) -> Kernel:
     pixels = math.prod(geo.q)
     pointwise = (not transpose and geo.taps == 1 and all(s == 1 for s in geo.stride)
                  and geo.q == geo.x and not any(geo.lo + geo.hi))
+    plan = None if transpose else sparse_plan(w, out_channels, k, pixels, x.type)
+    if plan is not None:
+        return _sparse_conv(node, ctx, geo, plan, pointwise)
     weights = _weights(ctx, w, out_channels, k, rows_in,
                        None if pointwise else _order(geo, transpose))
     requant = _requant(node, ctx, out_channels, bias, _gemm_scales(node), weights["u8_sums"])
@@ -419,13 +530,8 @@ def _conv(node: Node, ctx: Context, transpose: bool) -> Kernel:
     else:  # im2col from a channel-last, zero-padded (and zero-stuffed) copy of the image
         xp = _padded(geo, ctx, rows_in, geo.virtual, geo.channels, "0", last=True)
         zs = [st * geo.channels for st in contiguous(geo.virtual)]
-        q_exprs, div = [], 1
-        for i in reversed(range(nsp)):
-            expr = f"m / {div}" if div > 1 else "m"
-            q_exprs.append((f"q{i}", f"{expr} % {geo.q[i]}" if i else expr))
-            div *= geo.q[i]
-        base = _sum(*[_times(f"q{i}", geo.stride[i] * zs[i]) for i in range(nsp)],
-                    _times("g", geo.cg))
+        q_exprs, base = _pixel(geo, zs)
+        base = _sum(base, _times("g", geo.cg))
         # copy runs of channels; the last kernel axis joins the run when it is contiguous
         merged = geo.dilation[-1] == 1 and geo.cg == geo.channels
         axes = nsp - 1 if merged else nsp
@@ -448,6 +554,32 @@ def _conv(node: Node, ctx: Context, transpose: bool) -> Kernel:
         "pr": PIXELS,
     }
     return Kernel("gemm", params)
+
+
+def _sparse_conv(node: Node, ctx: Context, geo: Geometry, plan: Sparse,
+                 pointwise: bool) -> Kernel:
+    """A conv's sparse kernel: its k-major rows in the stored weight's (channel, tap) order, a
+    pointwise conv's straight from the input planes, any other's gathered from a planar padded
+    copy of the group's channels through each row's window offset (`rowbase`)."""
+    pixels, k = math.prod(geo.q), geo.cg * geo.taps
+    shape = {"k": k, "m": pixels, "images": geo.batch, "groups": geo.groups, "og": geo.og,
+             "out": {"image": geo.groups * geo.og * pixels, "o": pixels, "m": 1}}
+    if pointwise:
+        fill = {"kind": "pointwise", "sub": plan.x.sub, "cg": geo.cg, "plane": pixels,
+                "image": geo.channels * pixels}
+        return _sparse_kernel(node, ctx, plan, fill=fill, **shape)
+    xp = _padded(geo, ctx, plan.x, geo.virtual, geo.cg, _times("g", geo.cg), last=False)
+    zs = contiguous(geo.virtual)
+    q_exprs, base = _pixel(geo, list(zs))
+    nsp = len(geo.x)
+    flat = "0"
+    for i in range(nsp):
+        flat = f"({flat}) * {geo.kernel[i]} + t{i}" if i else f"t{i}"
+    fill = {"kind": "conv", "cg": geo.cg, "q": q_exprs, "base": base, "plane": xp["plane"],
+            "taps": [(f"t{i}", geo.kernel[i]) for i in range(nsp)], "ntaps": geo.taps,
+            "tap": flat, "last": geo.q[-1], "step": geo.stride[-1],
+            "read": _sum(*[_times(f"t{i}", geo.dilation[i] * zs[i]) for i in range(nsp)])}
+    return _sparse_kernel(node, ctx, plan, fill=fill, xp=xp, **shape)
 
 
 def _depthwise(node: Node, ctx: Context, geo: Geometry, transpose: bool,

@@ -46,6 +46,21 @@ typedef uint8_t npuc_row8 NPUC_MAY_ALIAS;
 typedef int16_t npuc_row8 NPUC_MAY_ALIAS;
 #endif
 
+/* The index of the lowest set bit of a nonzero word (the sparse GEMM walks its weight bitmap
+ * with it): one tzcnt/bsf where the compiler has the builtin. */
+static inline int npuc_ctz64(uint64_t v) {
+#if defined(__GNUC__)
+    return __builtin_ctzll(v);
+#else
+    int n = 0;
+    while (!(v & 1)) {
+        v >>= 1;
+        ++n;
+    }
+    return n;
+#endif
+}
+
 #define NPUC_INT32_MIN (-2147483647LL - 1)
 #define NPUC_INT32_MAX 2147483647LL
 
