@@ -52,6 +52,8 @@ class CompiledModel:
     stages: dict[str, Graph]
     target: Any
     records: list[PassRecord] = field(default_factory=list)
+    # what the lowered graph's state slots hold between calls (name -> array); see `reset`
+    state: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def ir(self) -> Graph:
@@ -63,7 +65,9 @@ class CompiledModel:
         `raw=True` returns the integer outputs as computed, before the final dequantize.
         An input with NaN or Inf that the graph quantizes gives a RuntimeWarning naming it:
         quantize maps NaN to the zero point and saturates infinities, so the outputs would be
-        finite and wrong without a word."""
+        finite and wrong without a word.
+        A graph with state (`ir.state`: an attention-map cache, a KV cache) continues from
+        what the previous call left; `reset()` starts the sequence over."""
         from .interpreter import warn_non_finite_inputs
         from .ir import unflatten_outputs
 
@@ -73,11 +77,16 @@ class CompiledModel:
             graph = graph.with_outputs(tuple(o.inputs[0] if o.op == "dequantize" else o
                                              for o in graph.outputs))
         outputs = tuple(np.asarray(o, dtype=np.float32) if o.dtype.kind == "f" else o
-                        for o in interpret(graph, *inputs))
+                        for o in interpret(graph, *inputs, state=self.state))
         structure = graph.meta.get("output_structure")
         if structure is not None:
             return unflatten_outputs(structure, outputs)
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def reset(self) -> None:
+        """Forget the state kept between calls: the next call reads every state's reset value
+        (real zero), as the first call after compiling did."""
+        self.state.clear()
 
     def simulate(self, sparsity: str | None = None) -> Any:
         """The SimReport of the lowered graph on the target: per-layer engine, cycles, bytes and

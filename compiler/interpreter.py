@@ -1,18 +1,20 @@
 """The reference interpreter: runs any IR graph with the numpy semantics of the op table.
 
 Values are freed as soon as their last reader has run, so peak memory follows the graph's
-liveness rather than its size.
+liveness rather than its size. A graph with state (`Graph.state`) runs one call of a sequence:
+the caller holds the state between calls (`cm.run` does, with `cm.reset()`).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 
 import numpy as np
 
 from .ir import Graph, Node
 from .ops import evaluate
+from .state import Activity, step_value
 
 
 class InterpreterError(RuntimeError):
@@ -36,20 +38,45 @@ def _bind(graph: Graph, inputs: Sequence[object]) -> dict[Node, np.ndarray]:
 
 
 def interpret(graph: Graph, *inputs: object,
-              observe: Callable[[Node, np.ndarray], None] | None = None) -> tuple[np.ndarray, ...]:
+              observe: Callable[[Node, np.ndarray], None] | None = None,
+              state: MutableMapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, ...]:
     """Run `graph` on numpy arrays (or torch tensors); returns a tuple with one array per output.
-    `observe(node, value)` is called with every value an op computes (calibration statistics)."""
+    `observe(node, value)` is called with every value an op computes (calibration statistics).
+    A graph with state reads it from `state` (name -> array; a missing name reads its reset
+    value) and leaves the writes there, so passing the same dict again continues the sequence;
+    without `state=`, every call starts from reset values. Only the nodes the call's step needs
+    are computed (`compiler.state.Activity`)."""
     env = _bind(graph, inputs)
-    remaining = {n: len(users) for n, users in graph.users.items()}
-    for out in graph.outputs:
-        remaining[out] += 1
-    for node in graph.nodes:
-        if node.op == "input":
+    for slot in graph.state:
+        kept = None if state is None else state.get(slot.name)
+        if kept is not None and (kept.shape, kept.dtype) != (slot.type.shape,
+                                                              slot.type.dtype.numpy):
+            raise TypeError(f"state {slot.name!r}: {kept.shape} {kept.dtype}, expected "
+                            f"{slot.type.shape} {slot.type.dtype}")
+        env[slot.read] = slot.reset_value() if kept is None else kept
+    activity = Activity(graph)
+    nodes = graph.nodes
+    if activity.step is not None:
+        step = activity.step
+        value = env.get(step)
+        if value is None:  # a computed step index: run what it depends on first
+            value = interpret(graph.with_outputs((step,)), *inputs)[0]
+        nodes = activity.computed(step_value(value))
+    computed = set(nodes)
+    remaining = {n: 0 for n in nodes}
+    for node in nodes:
+        for i in node.inputs:
+            if i in computed:
+                remaining[i] += 1
+    for root in graph.roots:
+        remaining[root] += 1
+    for node in nodes:
+        if node.op in ("input", "state"):
             continue
         if node.is_const:
             env[node] = node.data  # raises, naming the digest, if the data was never loaded
             continue
-        args = [env[i] for i in node.inputs]
+        args = [env.get(i) for i in node.inputs]  # None: an operand reuse does not pick
         try:
             result = evaluate(node, *args)
         except Exception as e:
@@ -61,9 +88,13 @@ def interpret(graph: Graph, *inputs: object,
         if observe is not None:
             observe(node, result)
         for i in node.inputs:
-            remaining[i] -= 1
-            if remaining[i] == 0:
-                del env[i]
+            if i in computed:
+                remaining[i] -= 1
+                if remaining[i] == 0:
+                    del env[i]
+    if state is not None:
+        for slot in graph.state:
+            state[slot.name] = np.array(env[slot.write])  # a copy: the next call's read
     return tuple(env[o] for o in graph.outputs)
 
 

@@ -4,6 +4,11 @@ Glossary: a *value* is the result of a node (every node has exactly one, so a no
 `ifm`/`ofm` are input/output feature maps, `zp` a zero point, `loc` the module path that produced a
 node. A Graph is its inputs and outputs; the nodes between them, in a deterministic topological
 order, are derived from the outputs. Nothing here mutates: passes build new nodes.
+
+State across calls (an attention-map cache, a KV cache, a streaming ring buffer) is part of the
+graph too: a `state` leaf node reads a named value kept from the previous call (its real zero
+after a reset), and `Graph.state` pairs each such read with the node whose value is kept for the
+next call. The writes are roots like the outputs, so no rewrite can drop them.
 """
 
 from __future__ import annotations
@@ -261,22 +266,63 @@ def graph_input(name: str, type_: TensorType) -> Node:
     return Node("input", (), Attrs({"name": name}), type_)
 
 
+def state_read(name: str, type_: TensorType, loc: str | None = None) -> Node:
+    """The value of state `name` at the start of a call (see `Graph.state`)."""
+    return Node("state", (), Attrs({"name": name}), type_, loc)
+
+
+@dataclass(frozen=True)
+class StateSlot:
+    """One named state value: `read` (a `state` node) holds what the previous call left and
+    `write` the value this call leaves for the next; both have the same type."""
+
+    read: Node
+    write: Node
+
+    @property
+    def name(self) -> str:
+        return self.read.attrs["name"]
+
+    @property
+    def type(self) -> TensorType:
+        return self.read.type
+
+    def reset_value(self) -> np.ndarray:
+        """What a read gives after a reset: real zero (the zero point of a quantized state)."""
+        q = self.type.quant
+        fill = q.zero_point[0] if q is not None and q.axis is None else 0
+        if q is not None and q.axis is not None:  # per-channel zero points along q.axis
+            shape = [1] * self.type.rank
+            shape[q.axis] = -1
+            return np.broadcast_to(np.asarray(q.zero_point, self.type.dtype.numpy).reshape(shape),
+                                   self.type.shape).copy()
+        return np.full(self.type.shape, fill, self.type.dtype.numpy)
+
+
 @dataclass(frozen=True, eq=False)
 class Graph:
-    """An immutable graph: named inputs, outputs, and every node that reaches an output."""
+    """An immutable graph: named inputs, outputs, state kept across calls, and every node that
+    reaches an output or a state write."""
 
     inputs: tuple[Node, ...]
     outputs: tuple[Node, ...]
     name: str = "main"
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    state: tuple[StateSlot, ...] = ()
+
+    @property
+    def roots(self) -> tuple[Node, ...]:
+        """What a call must compute: the outputs, then each state's write."""
+        return self.outputs + tuple(s.write for s in self.state)
 
     @cached_property
     def nodes(self) -> tuple[Node, ...]:
-        """Inputs first, then every node reachable from the outputs, in a deterministic DFS
-        post-order (inputs of a node in argument order). Raises on a cycle."""
+        """Inputs first, then every node reachable from the outputs, the state writes and the
+        state reads, in a deterministic DFS post-order (inputs of a node in argument order).
+        Raises on a cycle."""
         order: list[Node] = list(self.inputs)
         state: dict[int, int] = {id(n): 2 for n in self.inputs}  # 1 = on stack, 2 = done
-        for out in self.outputs:
+        for out in self.roots + tuple(s.read for s in self.state):
             stack: list[tuple[Node, int]] = [(out, 0)]
             while stack:
                 node, i = stack.pop()
@@ -310,7 +356,7 @@ class Graph:
         """The one node that reads `node`, if exactly one does and `node` is not an output:
         the condition for rewriting a value in place without duplicating work."""
         readers = self.users.get(node, ())
-        return readers[0] if len(readers) == 1 and node not in self.outputs else None
+        return readers[0] if len(readers) == 1 and node not in self.roots else None
 
     def verify(self) -> Graph:
         """Check the graph's invariants; raise GraphError naming the bad node. Returns self."""
@@ -320,7 +366,18 @@ class Graph:
         return self
 
     def with_outputs(self, outputs: tuple[Node, ...]) -> Graph:
-        return Graph(self.inputs, tuple(outputs), self.name, self.meta)
+        return Graph(self.inputs, tuple(outputs), self.name, self.meta, self.state)
+
+    def remapped(self, mapping: Mapping[Node, Node], meta: Mapping[str, Any] | None = None,
+                 outputs: tuple[Node, ...] | None = None) -> Graph:
+        """This graph's roots through `mapping` (old node -> rebuilt node; unmapped nodes stay):
+        how a pass that rebuilt nodes makes its result, so that no state slot is dropped."""
+        def follow(n: Node) -> Node:
+            return mapping.get(n, n)
+
+        state = tuple(StateSlot(follow(s.read), follow(s.write)) for s in self.state)
+        outs = tuple(map(follow, self.outputs)) if outputs is None else tuple(outputs)
+        return Graph(self.inputs, outs, self.name, self.meta if meta is None else meta, state)
 
     def __str__(self) -> str:
         from .printer import print_graph
@@ -380,7 +437,10 @@ def structurally_equal(a: Graph, b: Graph) -> bool:
             return False
         if not attrs_equal(x.attrs, y.attrs):
             return False
-    return [index_a[o] for o in a.outputs] == [index_b[o] for o in b.outputs]
+    slots = [(s.read, s.write) for s in a.state], [(s.read, s.write) for s in b.state]
+    return ([index_a[o] for o in a.outputs] == [index_b[o] for o in b.outputs]
+            and [(index_a[r], index_a[w]) for r, w in slots[0]]
+            == [(index_b[r], index_b[w]) for r, w in slots[1]])
 
 
 def attrs_equal(a: Attrs, b: Attrs) -> bool:

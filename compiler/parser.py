@@ -19,7 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from .ir import DType, Graph, GraphError, Node, QuantParams, TensorType, digest, graph_input
+from .ir import (
+    DType,
+    Graph,
+    GraphError,
+    Node,
+    QuantParams,
+    StateSlot,
+    TensorType,
+    digest,
+    graph_input,
+    state_read,
+)
 from .ops import OPS, make
 
 _NAME = r"[\w.\-]+"
@@ -32,6 +43,7 @@ _OP = re.compile(
 _META = re.compile(r"^meta\s+(.*)$", re.DOTALL)
 _RETURN = re.compile(r"^return (.*)$")
 _STRING = r'"(?:[^"\\]|\\.)*"'
+_STATE = re.compile(rf"^state ({_STRING}) = (%\S+)$")
 _NUMBER = r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?"
 _TOKEN = re.compile(rf"\s*({_STRING}|-?inf|nan|{_NUMBER}|[A-Za-z_]\w*|[\[\]{{}},=:<>])")
 _INT = re.compile(r"[-+]?\d+")
@@ -308,6 +320,7 @@ class _Reader:
         self.meta: dict[str, Any] = {}
         self.inputs: list[Node] = []
         self.outputs: tuple[Node, ...] | None = None
+        self.state: list[StateSlot] = []
 
     def define(self, name: str, node: Node, lineno: int) -> None:
         if name in self.values:
@@ -328,6 +341,10 @@ class _Reader:
         if ret:
             self.outputs = tuple(self.lookup(v) for v in ret.group(1).split(","))
             return
+        kept = _STATE.match(line)
+        if kept:
+            self.keep(_string(kept.group(1)), self.lookup(kept.group(2)))
+            return
         meta = _META.match(line)
         if meta:
             self.meta_entry(meta.group(1))
@@ -345,10 +362,23 @@ class _Reader:
             if args is not None:
                 raise ParseError("a const takes no operands")
             node = _const(attrs, type_, self.weights, loc)
+        elif op == "state":
+            if args is not None or set(attrs) != {"name"} or not isinstance(attrs["name"], str):
+                raise ParseError("a state takes no operands and one attribute, its name")
+            node = state_read(attrs["name"], type_, loc)
         else:
             operands = [self.lookup(a) for a in (args or "").split(",") if a.strip()]
             node = _checked(op, operands, attrs, loc, type_)
         self.define(name, node, lineno)
+
+    def keep(self, name: str, write: Node) -> None:
+        reads = [n for n in self.values.values() if n.op == "state" and n.attrs["name"] == name]
+        if len(reads) != 1:
+            raise ParseError(f"state {name!r} is kept but {len(reads)} state nodes read it "
+                             "(one must)")
+        if any(slot.name == name for slot in self.state):
+            raise ParseError(f"state {name!r} is kept twice")
+        self.state.append(StateSlot(reads[0], write))
 
     def meta_entry(self, text: str) -> None:
         tokens = _tokens(text)
@@ -428,7 +458,13 @@ def parse(text: str, weights: Mapping[str, np.ndarray] | None = None) -> Graph:
         raise ParseError(f"line {first}: the header declares results "
                          f"{[_show(t) for t in results]} but 'return' gives "
                          f"{[_show(t) for t in returned]}")
-    graph = Graph(tuple(reader.inputs), reader.outputs, header.group(1), reader.meta)
+    kept = {slot.name for slot in reader.state}
+    for node in reader.values.values():
+        if node.op == "state" and node.attrs["name"] not in kept:
+            raise ParseError(f"state {node.attrs['name']!r} is read but no 'state \"name\" = "
+                             "%value' line says what it keeps")
+    graph = Graph(tuple(reader.inputs), reader.outputs, header.group(1), reader.meta,
+                  tuple(reader.state))
     try:
         return graph.verify()
     except GraphError as e:  # the checks above should leave nothing for verify to find

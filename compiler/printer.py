@@ -11,6 +11,14 @@ Types carry quantization parameters inline: `tensor<1x8xi8, q<0.05:-3>>` (scale:
 back exactly. Constants print as a digest unless `constants=True` inlines their data.
 `compiler/parser.py` reads this form back.
 
+A graph with state (kept across calls) reads it with `state` leaves and names, before `return`,
+the value each state keeps for the next call:
+
+      %2 = state {name = "attn.map"} : tensor<1x4x16x16xf32>
+      ...
+      state "attn.map" = %9
+      return %11
+
 What a pass learned and a later pass needs travels in `Graph.meta` and is part of the IR: it
 prints as `meta` statements after the header, one per key (sorted), values in the attribute
 syntax plus dicts `{key = value, ...}`; a dict too long for one line puts one entry per line:
@@ -80,7 +88,7 @@ def format_value(value: Any) -> str:
     raise TypeError(f"cannot print attribute value {value!r}")
 
 
-LEAVES = ("const", "input")
+LEAVES = ("const", "input", "state")
 
 # Graph.meta keys that are in-memory links for cm.compare, not part of the IR (module docstring).
 TRANSIENT_META = frozenset({"float_graph", "origins"})
@@ -159,6 +167,8 @@ def print_graph(graph: Graph, *, constants: bool = False, locs: bool = True) -> 
     for node in graph.nodes:
         if node.op != "input":
             lines.append("  " + format_node(node, names, constants=constants, locs=locs))
+    for slot in graph.state:
+        lines.append(f"  state {json.dumps(slot.name)} = {names[slot.write]}")
     lines.append("  return " + ", ".join(names[o] for o in graph.outputs))
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -47,8 +47,7 @@ def _sweep(graph: Graph, fn: Rule, origin: bool) -> tuple[Graph, bool]:
             changed = True
             current = replacement
         mapping[node] = current
-    outputs = tuple(mapping[o] for o in graph.outputs)
-    return Graph(graph.inputs, outputs, graph.name, _remap(graph.meta, mapping)), changed
+    return graph.remapped(mapping, _remap(graph.meta, mapping)), changed
 
 
 def _remap(meta: dict, mapping: dict[Node, Node]) -> dict:

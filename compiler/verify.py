@@ -1,8 +1,10 @@
 """Graph invariants, checked between passes in debug mode and by `Graph.verify()`.
 
-A graph is well formed when it has no cycle, every `input` node it reaches is one of its declared
-inputs (nothing dangles), every node's op is in the op table with a legal arity and legal
-attributes, and every node's recorded type is what its op infers from its operands.
+A graph is well formed when it has no cycle; every `input` node it reaches is one of its
+declared inputs and every `state` node one of its state slots' reads (nothing dangles); each
+state slot, under a name of its own, writes a value of exactly its read's type (quantization
+included); every node's op is in the op table with a legal arity and legal attributes; and
+every node's recorded type is what its op infers from its operands.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def verify(graph: Graph) -> None:
     names = [n.attrs.get("name") for n in graph.inputs]
     if len(set(names)) != len(names):
         raise GraphError(f"input names repeat: {names}")
+    reads = _verify_state(graph)
     for node in nodes:
         opdef = OPS.get(node.op)
         if opdef is None:
@@ -33,6 +36,11 @@ def verify(graph: Graph) -> None:
             if id(node) not in declared:
                 raise GraphError(f"dangling value: input {node.attrs.get('name')!r} is used but "
                                  "is not an input of the graph")
+            continue
+        if node.op == "state":
+            if id(node) not in reads:
+                raise GraphError(f"dangling value: state {node.attrs.get('name')!r} is read but "
+                                 "is not one of the graph's state slots")
             continue
         lo, hi = opdef.arity
         if not lo <= len(node.inputs) <= hi:
@@ -58,6 +66,20 @@ def verify(graph: Graph) -> None:
     if structure is not None and structure_leaves(structure) != list(range(len(graph.outputs))):
         raise GraphError(f"meta output_structure {structure} does not number the graph's "
                          f"{len(graph.outputs)} outputs 0, 1, ... in order")
+
+
+def _verify_state(graph: Graph) -> set[int]:
+    """The ids of the slots' read nodes, after checking the slots."""
+    names = [slot.read.attrs.get("name") for slot in graph.state]
+    if len(set(names)) != len(names):
+        raise GraphError(f"state names repeat: {names}")
+    for slot in graph.state:
+        if slot.read.op != "state":
+            raise GraphError(f"state {slot.name!r}: its read is a {slot.read.op} node, not state")
+        if slot.write.type != slot.read.type:
+            raise GraphError(f"state {slot.name!r}: reads {slot.read.type} but writes "
+                             f"{slot.write.type} ({_where(slot.write)})")
+    return {id(slot.read) for slot in graph.state}
 
 
 def _verify_quant(node: Node) -> None:

@@ -298,8 +298,7 @@ class Channels:
                 mapping[node] = node if same else node.with_inputs(tuple(inputs))
             else:
                 mapping[node] = _rebuild(node, inputs, masks, out_mask)
-        return Graph(self.graph.inputs, tuple(mapping[o] for o in self.graph.outputs),
-                     self.graph.name, self.graph.meta)
+        return self.graph.remapped(mapping)
 
     # -- union-find over atoms ---------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from npuc.errors import UnsupportedError
-from npuc.ir import DType, Graph, Node, QuantParams, const
+from npuc.ir import DType, Graph, Node, QuantParams, StateSlot, const, state_read
 from npuc.ops import OPS, make, moves
 from npuc.ops.quantized import EXP_BITS, EXP_RANGE, per_tensor
 from npuc.quant import arith
@@ -148,6 +148,10 @@ def lower(graph: Graph, specs: dict[Node, Spec], formats: Callable[[str | None],
             if node.dtype.is_float:
                 env[node] = lowering.result("quantize", [node], {}, node)
                 origins[env[node]] = node
+        elif node.op == "state":
+            env[node] = node if not node.dtype.is_float else state_read(
+                node.attrs["name"], lowering.result("quantize", [node], {}, node).type, node.loc)
+            origins[env[node]] = node
         elif node.is_const or is_mask(node):
             env[node] = node  # quantized by the reader that knows the parameters it needs
         elif not node.dtype.is_float and not any(i.dtype.is_float for i in node.inputs):
@@ -165,7 +169,8 @@ def lower(graph: Graph, specs: dict[Node, Spec], formats: Callable[[str | None],
         if out.dtype.is_float:
             value = make("dequantize", [value], {}, out.loc)
         outputs.append(value)
-    return Graph(graph.inputs, tuple(outputs), graph.name), origins
+    state = tuple(StateSlot(env[s.read], env[s.write]) for s in graph.state)
+    return Graph(graph.inputs, tuple(outputs), graph.name, {}, state), origins
 
 
 # -- tables ---------------------------------------------------------------------------------------
@@ -299,7 +304,7 @@ def _mul(lowering: Lowering, node: Node) -> Node:
                            [lowering.operand(v, dtype=dtype) for v in node.inputs], {}, node)
 
 
-@rule("maximum", "minimum", "where", "concat")
+@rule("maximum", "minimum", "where", "concat", "reuse")
 def _same_params(lowering: Lowering, node: Node) -> Node:
     """Ops exact on integers once every float operand has the result's parameters."""
     spec = lowering.spec(node)

@@ -353,4 +353,4 @@ def mobilequant(graph: Graph, ctx: PassContext, *, steps: int = 100, lr: float =
              f"in {time.perf_counter() - start:.1f} s; fake-quant W8A8 output rel. error "
              f"{none[1]:.4f} (no transform) -> {before[1]:.4f} (smoothquant init) -> "
              f"{after[1]:.4f} (learned); MSE {none[0]:.3g} -> {before[0]:.3g} -> {after[0]:.3g}")
-    return Graph(result.inputs, result.outputs, result.name, meta)
+    return result.remapped({}, meta)

@@ -130,8 +130,8 @@ def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
                     f"rel. error {on:.4f} with, {off:.4f} without)")
         if not corrected:
             lowered, origins = plain
-    lowered = Graph(lowered.inputs, lowered.outputs, lowered.name,
-                    {**graph.meta, "float_graph": float_graph, "origins": origins})
+    lowered = lowered.remapped({}, {**graph.meta, "float_graph": float_graph,
+                                    "origins": origins})
     wide = sum(s.dtype == DType.I16 for s in specs.values())
     learned = f", {stats.learned} learned ranges" if stats.learned else ""
     mixed = "".join(f", {op} {o}" for op, o in by_op.items())
@@ -306,7 +306,8 @@ def calibrate(graph: Graph, calibration: list[tuple], kind: str, *, percentile: 
         return make_observer(which, **({"percentile": percentile} if which == "percentile"
                                        else {}))
 
-    watched = [n for n in graph.nodes if n.dtype.is_float and not n.is_const]
+    # a state read holds what its write held a call earlier: it shares the write's observer
+    watched = [n for n in graph.nodes if n.dtype.is_float and not n.is_const and n.op != "state"]
     observers: dict[Node, Observer] = {n: observer_for(n) for n in watched}
     readers: dict[Node, list[Node]] = {}
     for layer in graph.nodes:
@@ -334,15 +335,19 @@ def calibrate(graph: Graph, calibration: list[tuple], kind: str, *, percentile: 
 
     bar = tqdm(calibration, desc="calibrating", unit="batch", leave=False,
                disable=not progress if progress is not None else len(calibration) < 8)
+    state: dict[str, np.ndarray] = {}  # the calibration inputs are one sequence of calls
     for inputs in bar:
         for node, value in zip(graph.inputs, inputs, strict=True):
             observe(node, np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach")
                                      else value))
-        interpret(graph, *inputs, observe=observe)
+        interpret(graph, *inputs, observe=observe, state=state)
     ranges = {}
     for node, obs in observers.items():
         lo, hi = obs.range()
         ranges[node] = (float(lo), float(hi))
+    for slot in graph.state:
+        if slot.write in ranges:
+            ranges[slot.read] = ranges[slot.write]
     keys = value_keys(graph)
     learned = graph.meta.get("activation_ranges", {})  # MobileQuant's learned clipping ranges
     used = [n for n in watched if keys[n] in learned]
@@ -434,9 +439,18 @@ def plan(graph: Graph, stats: Stats, wide_ops: Iterable[str], everywhere: bool =
             src = node.inputs[0]
             if src.op in REQUANTIZING and graph.sole_reader(src) is node and src in ranges:
                 ranges[src] = ranges[node]
-    specs: dict[Node, Spec] = {}
+    specs = _specs(graph, ranges, wide, stats, {})
+    if graph.state:  # a state read is stored as its write is, which may come from elsewhere
+        reads = {s.read: specs[s.write] for s in graph.state if s.write in specs}
+        specs = _specs(graph, ranges, wide, stats, reads)
+    return specs
+
+
+def _specs(graph: Graph, ranges: dict[Node, tuple[float, float]], wide: set[Node],
+           stats: Stats, preset: dict[Node, Spec]) -> dict[Node, Spec]:
+    specs: dict[Node, Spec] = dict(preset)
     for node in graph.nodes:
-        if not node.dtype.is_float or node.is_const or is_mask(node):
+        if not node.dtype.is_float or node.is_const or is_mask(node) or node in preset:
             continue
         dtype = DType.I16 if node in wide else DType.I8
         src = node.inputs[0] if node.inputs else None

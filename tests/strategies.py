@@ -34,7 +34,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from npuc.ir import Attrs, DType, Graph, Node, TensorType, const, graph_input
+from npuc.ir import Attrs, DType, Graph, Node, StateSlot, TensorType, const, graph_input, state_read
 from npuc.ops import OPS, REQUIRED, make
 
 F32 = DType.F32
@@ -862,6 +862,8 @@ NOT_GENERATED = {
     "logical_not": "bool only",
     "logical_and": "bool only",
     "logical_or": "bool only",
+    "state": "stateful_graphs adds it",
+    "reuse": "stateful_graphs adds it",
     **{op: "integer only (tests/quant)" for op in OPS if _integer_only(op)},
 }
 
@@ -970,6 +972,44 @@ def _walk(root: Node) -> list[Node]:
             out.append(node)
             stack.extend(node.inputs)
     return out
+
+
+@st.composite
+def schedules(draw: st.DrawFn, max_steps: int = 8) -> tuple[int, ...]:
+    """A reuse schedule: 1 = recompute, step 0 always recomputes."""
+    rest = draw(st.lists(st.integers(0, 1), max_size=max_steps - 1))
+    return (1, *rest)
+
+
+@st.composite
+def stateful_graphs(draw: st.DrawFn, schedule: tuple[int, ...] | None = None,
+                    **kwargs: Any) -> tuple[Graph, Graph]:
+    """(a graph from `graphs(**kwargs)` with a `step` input, where 1-2 computed values each go
+    through a `reuse` of a state that caches them (by `schedule`, else a drawn one each),
+    the graph it was made from). The cache's write is the reuse itself: a reusing step keeps
+    what the last recomputing step left."""
+    plain = draw(graphs(**kwargs))
+    step = graph_input("step", TensorType((), DType.I32))
+    computed = [n for n in plain.nodes if n.inputs and n.dtype == F32]
+    if not computed:
+        return plain.with_outputs(plain.outputs), plain
+    chosen = draw(st.lists(st.sampled_from(computed), min_size=1, max_size=2, unique_by=id))
+    slots: dict[Node, StateSlot] = {}
+
+    def cache(node: Node, original: Node) -> Node | None:
+        if original not in chosen:
+            return None
+        read = state_read(f"cache{len(slots)}", node.type)
+        kept = make("reuse", [node, read, step],
+                    {"recompute": schedule or draw(schedules())})
+        slots[original] = StateSlot(read, kept)
+        return kept
+
+    from npuc.rewrite import rewrite
+
+    cached = rewrite(plain, cache, origin=True)
+    graph = Graph(plain.inputs + (step,), cached.outputs, plain.name, {}, tuple(slots.values()))
+    return graph.verify(), plain
 
 
 @st.composite

@@ -254,4 +254,4 @@ def lowered_by(params: str) -> frozenset[str]:
 
 
 # Importing the family modules fills OPS.
-from . import elementwise, nn, quantized, shape  # noqa: E402, F401
+from . import elementwise, nn, quantized, shape, state  # noqa: E402, F401
