@@ -88,13 +88,21 @@ class CompiledModel:
         (real zero), as the first call after compiling did."""
         self.state.clear()
 
-    def simulate(self, sparsity: str | None = None) -> Any:
+    def simulate(self, sparsity: str | None = None, step: int | None = None) -> Any:
         """The SimReport of the lowered graph on the target: per-layer engine, cycles, bytes and
         energy, and totals, and the totals under every sparsity mode (see `npuc.simulator`);
-        `sparsity` ("none", "gating", "nm", "block", "ideal") overrides the NPU's mode."""
+        `sparsity` ("none", "gating", "nm", "block", "ideal") overrides the NPU's mode. `step`:
+        the call to cost, for a graph whose work depends on it (attention-map reuse)."""
         from npuc.simulator import simulate
 
-        return simulate(self.ir, self.target, sparsity)
+        return simulate(self.ir, self.target, sparsity, step=step)
+
+    def simulate_calls(self, steps: Iterable[int], sparsity: str | None = None) -> Any:
+        """A CallsReport: the simulated cost of each call of a sequence (a sampling loop's
+        steps), and their sums (see `npuc.simulator.simulate_calls`)."""
+        from npuc.simulator import simulate_calls
+
+        return simulate_calls(self.ir, self.target, steps, sparsity)
 
     def emit_c(self, out_dir: Any) -> Any:
         """Write the lowered graph as a C99 project into `out_dir` (see `npuc.codegen`): `make`

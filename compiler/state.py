@@ -16,7 +16,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .ir import Graph, GraphError, Node
+from .ir import Graph, GraphError, Node, StateSlot
 from .ops.state import recomputes
 
 
@@ -75,6 +75,15 @@ class Activity:
     def always(self) -> bool:
         """Whether every call computes every node (no reuse, or none that ever reuses)."""
         return all(m.all() for m in self.masks.values())
+
+
+def unchanged_state(slot: StateSlot, step: int) -> bool:
+    """Whether a call at `step` leaves `slot` as it found it: its write is its read, through
+    `reuse` nodes that pick their cached operand at that step (nothing to store back)."""
+    node = slot.write
+    while node.op == "reuse" and not recomputes(node.attrs["recompute"], step):
+        node = node.inputs[1]
+    return node is slot.read
 
 
 def step_value(array: np.ndarray) -> int:

@@ -12,15 +12,24 @@ DSP. A row's note says why an op is not on the NPU: the engines' reasons, or "np
 12.3 us earlier on dsp" (or "slower", or "waits for operands"). `cost.py` prices each op on each
 engine (sparsity and weight decoding included); the memory plan packs activations into one arena
 over the schedule's order.
+
+A graph with state (`Graph.state`) is simulated one call at a time: `step=` picks the call, and
+only what that call computes is costed (`npuc.state.Activity`: a step that reuses a cached
+attention map skips the work that would have recomputed it). State lives in DRAM between
+calls (`SimReport.state_bytes`, beside the arena): a call pays a DRAM read for each cached
+value it reads (the `state` rows) and a DRAM write for each state it changes (added to the
+row of the value it keeps). `simulate_calls` costs a whole sequence of steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 from npuc.ir import Graph, Node
+from npuc.state import Activity, unchanged_state
 
 from .cost import (
     OpCost,
@@ -80,6 +89,9 @@ class SimReport:
     # every sparsity mode's totals on the same graph and target (placement redone per mode),
     # so a user sees which pattern of zeros this NPU rewards
     by_sparsity: dict[str, ModeTotals] = field(default_factory=dict)
+    state_bytes: int = 0  # kept in DRAM between calls (Graph.state), not in the arena
+    state_dram_bytes: int = 0  # of dram_bytes: this call's state reads and writes
+    step: int | None = None  # the call simulated, for a graph whose work depends on it
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -93,7 +105,7 @@ class SimReport:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        colours = {"npu": "tab:blue", "dsp": "tab:orange", "cpu": "tab:red"}
+        colours = {"npu": "tab:blue", "dsp": "tab:orange", "cpu": "tab:red", "dma": "tab:grey"}
         rows = self.rows
         fig, (lat, en, roof) = plt.subplots(3, 1, figsize=(max(8, len(rows) * 0.18), 11))
         x = range(len(rows))
@@ -144,6 +156,10 @@ class SimReport:
                      f"{self.energy_j * 1e6:.1f} uJ; arena {self.arena_bytes:,} B (lower bound "
                      f"{self.arena_lower_bound:,} B); weights {self.weight_bytes:,} B; "
                      f"{self.transfer_bytes:,} B moved between engines")
+        if self.state_bytes:
+            call = f"step {self.step}: " if self.step is not None else ""
+            lines.append(f"state: {self.state_bytes:,} B kept in DRAM between calls; {call}"
+                         f"{self.state_dram_bytes:,} B of state read and written")
         lines.append("engines: " + "; ".join(
             f"{e} {n} ops, {macs:,} MACs, busy {busy * 1e6:,.1f} us"
             for e, (n, macs, busy) in self.by_engine().items()))
@@ -167,22 +183,28 @@ class SimReport:
 
 
 def simulate(graph: Graph, target, sparsity: str | None = None,  # noqa: ANN001 - a Target
-             compare: bool = True) -> SimReport:
+             compare: bool = True, step: int | None = None) -> SimReport:
     """Place, cost and plan `graph` on `target` (see the module docstring), its NPU skipping
     zero weights as `sparsity` says (default: the target's `npu.sparsity`; see
     `cost.sparsity_fractions`). With `compare`, `by_sparsity` holds the totals under every mode
-    (each simulated in full: placement may change with the cost)."""
+    (each simulated in full: placement may change with the cost). `step`: the call to cost, for
+    a graph whose work depends on it (default 0, the first call, which computes everything)."""
     from npuc import targets as _targets
 
     target = _targets.get(target)
+    activity = Activity(graph)
+    if step is not None and activity.step is None:
+        raise ValueError(f"graph @{graph.name} does the same work at every call: step= "
+                         "applies to graphs with reuse nodes")
+    step = 0 if step is None and activity.step is not None else step
     if target.npu is None:
         if sparsity is not None:
             raise ValueError(f"target {target.name} has no NPU: no sparsity mode to choose")
-        return _simulate(graph, target)
+        return _simulate(graph, target, step)
     if sparsity is not None and sparsity not in _targets.SPARSITY_MODES:
         raise ValueError(f"sparsity {sparsity!r}: expected one of "
                          f"{', '.join(_targets.SPARSITY_MODES)}")
-    report = _simulate(graph, _with_sparsity(target, sparsity or target.npu.sparsity))
+    report = _simulate(graph, _with_sparsity(target, sparsity or target.npu.sparsity), step)
     modes: dict[str, ModeTotals] = {}
     gemms = list(graph.nodes)
     done = {sparsity_signature(gemms, target.npu, report.sparsity):
@@ -190,31 +212,91 @@ def simulate(graph: Graph, target, sparsity: str | None = None,  # noqa: ANN001 
     for mode in _targets.SPARSITY_MODES if compare else ():
         key = sparsity_signature(gemms, target.npu, mode)
         if key not in done:  # a mode that changes nothing here costs what another one did
-            other = _simulate(graph, _with_sparsity(target, mode))
+            other = _simulate(graph, _with_sparsity(target, mode), step)
             done[key] = ModeTotals(other.total_cycles, other.latency_s, other.energy_j)
         modes[mode] = done[key]
     return dataclasses.replace(report, by_sparsity=modes)
+
+
+@dataclass(frozen=True)
+class CallsReport:
+    """A sequence of calls of a graph with state: one SimReport per step, and their sums."""
+
+    target: str
+    steps: tuple[int, ...]
+    reports: tuple[SimReport, ...]
+
+    @property
+    def latency_s(self) -> float:
+        return sum(r.latency_s for r in self.reports)
+
+    @property
+    def energy_j(self) -> float:
+        return sum(r.energy_j for r in self.reports)
+
+    @property
+    def cycles(self) -> int:
+        return sum(r.total_cycles for r in self.reports)
+
+    @property
+    def state_dram_bytes(self) -> int:
+        return sum(r.state_dram_bytes for r in self.reports)
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.steps)} calls on {self.target}",
+                 f"{'step':>5} {'cycles':>12} {'ms':>9} {'energy uJ':>10} {'state DRAM B':>13}"]
+        for step, r in zip(self.steps, self.reports, strict=True):
+            lines.append(f"{step:>5} {r.total_cycles:>12,} {r.latency_s * 1e3:>9.3f} "
+                         f"{r.energy_j * 1e6:>10.1f} {r.state_dram_bytes:>13,}")
+        lines.append(f"{'total':>5} {self.cycles:>12,} {self.latency_s * 1e3:>9.3f} "
+                     f"{self.energy_j * 1e6:>10.1f} {self.state_dram_bytes:>13,}")
+        return "\n".join(lines)
+
+
+def simulate_calls(graph: Graph, target, steps: Iterable[int],  # noqa: ANN001 - a Target
+                   sparsity: str | None = None) -> CallsReport:
+    """`simulate` at each of `steps` (a sampling loop's step indices); calls that compute the
+    same nodes and store the same state are simulated once."""
+    from npuc import targets as _targets
+
+    target = _targets.get(target)
+    activity = Activity(graph)
+    steps = tuple(steps)
+    seen: dict[tuple, SimReport] = {}
+    reports = []
+    for step in steps:
+        key = (tuple(map(id, activity.computed(step))),
+               tuple(unchanged_state(s, step) for s in graph.state))
+        if key not in seen:
+            seen[key] = simulate(graph, target, sparsity, compare=False,
+                                 step=step if activity.step is not None else None)
+        reports.append(dataclasses.replace(seen[key], step=step))
+    return CallsReport(target.name, steps, tuple(reports))
 
 
 def _with_sparsity(target, mode: str):  # noqa: ANN001, ANN202 - Target -> Target
     return dataclasses.replace(target, npu=dataclasses.replace(target.npu, sparsity=mode))
 
 
-def _simulate(graph: Graph, target) -> SimReport:  # noqa: ANN001
+def _simulate(graph: Graph, target, step: int | None = None) -> SimReport:  # noqa: ANN001
     available = engines(target)
     if not available or target.memory is None or target.energy is None:
         raise ValueError(f"target {target.name} describes no engines/memory/energy to simulate")
+    computed = set(Activity(graph).computed(step or 0))
+    # rows are numbered by position among all non-constants, whatever this call computes
     order = [n for n in graph.nodes if not n.is_const]
+    stores = {s.write: s.type.nbytes for s in graph.state
+              if not unchanged_state(s, step or 0)}
     costs: dict[Node, dict[str, OpCost]] = {}
     unsupported: dict[Node, list[str]] = {}
     for node in order:
-        if node.op == "input":
+        if node.op == "input" or node not in computed:
             continue
         costs[node], unsupported[node] = {}, []
         for engine in available:
             why = supports(engine, node, target)
             if why is None:
-                costs[node][engine] = op_cost(engine, node, target)
+                costs[node][engine] = op_cost(engine, node, target, stores.get(node, 0))
             else:
                 unsupported[node].append(f"{engine}: {why}")
         if not costs[node]:
@@ -229,25 +311,32 @@ def _simulate(graph: Graph, target) -> SimReport:  # noqa: ANN001
             continue
         slot = slots[node]
         best = costs[node][slot.engine]
-        rows.append(Row(str(i), node.op, best.engine, best.macs, best.compute_cycles,
+        engine = "dma" if node.op == "state" else best.engine  # a load, on no engine
+        rows.append(Row(str(i), node.op, engine, best.macs, best.compute_cycles,
                         round(best.seconds * getattr(target, best.engine).clock_hz),
                         best.utilization, best.dram_bytes, best.sram_bytes, best.energy_j,
                         best.bound, best.seconds, slot.start,
                         _note(node, slot, costs[node], unsupported[node], available[0]),
                         best.tile))
+    order = [n for n in order if n in computed or n.op == "input"]
     by_start = sorted(order, key=lambda n: (slots[n].start if n in slots else -1.0,
                                             order.index(n)))
     memory: MemoryPlan = plan_memory(graph, by_start)
     latency = max((slot.finish for slot in slots.values()), default=0.0)
     moved = sum(slot.transfer_bytes for slot in slots.values())
     weights = sum(n.stored_nbytes for n in graph.nodes if n.is_const)
+    kept = sum(s.type.nbytes for s in graph.state)
+    state_traffic = sum(r.dram_bytes for r in rows if r.op == "state")
+    state_traffic += sum(stores.values())
     energy = (sum(r.energy_j for r in rows) + target.energy.static_w * latency
               + 2 * moved * target.energy.sram_byte_pj * 1e-12)
     return SimReport(target.name, tuple(rows), round(latency * clock), latency, energy,
                      memory.arena_bytes, memory.lower_bound, weights,
                      {e: peak_macs(target, e) for e in available},
                      target.memory.dram_bytes_per_s, moved,
-                     target.npu.sparsity if target.npu is not None else "")
+                     target.npu.sparsity if target.npu is not None else "",
+                     state_bytes=kept, state_dram_bytes=state_traffic,
+                     step=step if Activity(graph).step is not None else None)
 
 
 def _note(node: Node, slot: Slot, costs: dict[str, OpCost], unsupported: list[str],

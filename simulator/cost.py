@@ -359,8 +359,23 @@ def _decode(node: Node, target) -> _Decode:  # noqa: ANN001
     return _Decode(seconds, moved, count)
 
 
-def op_cost(engine: str, node: Node, target) -> OpCost:  # noqa: ANN001
-    """The cost of `node` on `engine` of `target` (which must support it)."""
+def op_cost(engine: str, node: Node, target, store_bytes: int = 0) -> OpCost:  # noqa: ANN001
+    """The cost of `node` on `engine` of `target` (which must support it). State crosses DRAM:
+    a `state` read loads its bytes; `store_bytes` (a state this call changes to `node`'s value)
+    are written back."""
+    cost = _op_cost(engine, node, target)
+    moved = (node.type.nbytes if node.op == "state" else 0) + store_bytes
+    if not moved:
+        return cost
+    memory = target.memory
+    seconds = moved / memory.dram_bytes_per_s + (0.0 if cost.dram_bytes else
+                                                 memory.dram_latency_s)
+    return replace(cost, seconds=cost.seconds + seconds, dram_bytes=cost.dram_bytes + moved,
+                   energy_j=cost.energy_j + moved * target.energy.dram_byte_pj * 1e-12,
+                   bound="memory" if seconds >= cost.seconds else cost.bound)
+
+
+def _op_cost(engine: str, node: Node, target) -> OpCost:  # noqa: ANN001
     if is_view(node.op):
         return OpCost(engine, 0, 0, 0.0, 0, 0, 0.0, "memory", 0.0)
     work = macs(node)

@@ -15,7 +15,9 @@ Placement: each op goes to the engine, among those that support it (the caller o
 those), that gives it the earliest finish time given when each engine becomes free and the
 transfers its operands would need there; ties go to the engine listed first (the NPU). Non-
 insertion: an op never fills an idle gap before an engine's last scheduled op. A view (no cost
-anywhere) occupies no engine and so stays with its operands. With one engine
+anywhere) occupies no engine and so stays with its operands. A `state` read is a DMA from DRAM
+into the shared SRAM: it takes its time but no engine, and its value (and a view of nothing
+else) belongs to no engine: any engine reads it without a move. With one engine
 per op (`list_schedule`) this is the plain list schedule. networkx holds the DAG.
 """
 
@@ -66,13 +68,18 @@ def heft(graph: Graph, costs: Mapping[Node, Mapping[str, float]], memory,  # noq
     index = {n: k for k, n in enumerate(costs)}  # graph order breaks rank ties
     free: dict[str, float] = {}
     slots: dict[Node, Slot] = {}
+    shared: set[Node] = set()  # values in the shared SRAM that belong to no engine
     waiting = {n: dag.in_degree(n) for n in dag}
     ready = [(-rank[n], index[n], n) for n, d in waiting.items() if d == 0]
     heapq.heapify(ready)
     while ready:
         node = heapq.heappop(ready)[2]
-        slots[node] = _place(node, list(dag.predecessors(node)), costs[node], slots, free, memory,
-                             sram_bytes_per_s)
+        preds = list(dag.predecessors(node))
+        slots[node] = _place(node, preds, costs[node], slots, free, memory, sram_bytes_per_s,
+                             shared)
+        if node.op == "state" or (preds and not any(costs[node].values())
+                                  and all(p in shared for p in preds)):
+            shared.add(node)
         engine = slots[node].engine
         free[engine] = max(free.get(engine, 0.0), slots[node].finish)
         for succ in dag.successors(node):
@@ -84,15 +91,17 @@ def heft(graph: Graph, costs: Mapping[Node, Mapping[str, float]], memory,  # noq
 
 def _place(node: Node, preds: list[Node], seconds: Mapping[str, float],
            slots: Mapping[Node, Slot], free: Mapping[str, float], memory,  # noqa: ANN001
-           sram_bytes_per_s: float) -> Slot:
+           sram_bytes_per_s: float, shared: set[Node]) -> Slot:
     """The earliest-finishing slot for `node` over the engines of `seconds`. An op that costs
     nothing anywhere (a view) occupies no engine: it is done once its operands are there, so
-    it lands where they already are and never moves bytes."""
-    view = not any(seconds.values())
+    it lands where they already are and never moves bytes; one in `shared` (a state read, a
+    view of only such values) is in the shared SRAM, read in place by every engine."""
+    view = not any(seconds.values()) or node.op == "state"
     options: dict[str, Option] = {}
     moves: dict[str, tuple[float, int]] = {}
     for engine, cost in seconds.items():
-        moved = sum(i.type.nbytes for i in preds if slots[i].engine != engine)
+        moved = sum(i.type.nbytes for i in preds
+                    if slots[i].engine != engine and i not in shared)
         fits = moved <= memory.sram_bytes
         transfer = 2 * moved / (sram_bytes_per_s if fits else memory.dram_bytes_per_s)
         operands = max((slots[i].finish for i in preds), default=0.0) + transfer

@@ -16,7 +16,6 @@ from npuc.ir import (
     GraphError,
     StateSlot,
     TensorType,
-    const,
     graph_input,
     state_read,
     structurally_equal,
@@ -25,6 +24,7 @@ from npuc.ops import make
 from npuc.parser import ParseError, parse
 from npuc.printer import print_graph
 from npuc.state import Activity
+from tests.stateful import cached_softmax
 from tests.strategies import INPUT_BOUND, schedules, stateful_graphs, weights
 
 F32 = DType.F32
@@ -186,18 +186,8 @@ def test_the_verifier_and_the_parser_refuse_bad_state() -> None:
 def test_quantized_state_is_stored_as_its_write_and_compiled_runs_hold_it() -> None:
     """Through npu-int8: the cached softmax map is int8 at softmax's fixed parameters, the
     state read shares them, `cm.run` carries it and `cm.reset` forgets it."""
-    rng = np.random.default_rng(0)
-    t = TensorType((1, 4, 8, 8), F32)
-    x, step = graph_input("x", t), graph_input("step", TensorType((), DType.I32))
-    w = const(rng.normal(size=(4, 4, 1, 1)).astype(np.float32))
-    conv = make("conv", [x, w], {"stride": (1, 1), "padding": (0,) * 4, "dilation": (1, 1),
-                                 "groups": 1})
-    probs = make("softmax", [conv], {"axis": -1})
-    read = state_read("attn", probs.type)
-    kept = make("reuse", [probs, read, step], {"recompute": (1, 0, 0, 1, 0, 0)})
-    graph = Graph((x, step), (make("mul", [kept, x]),), "g", {}, (StateSlot(read, kept),))
-    calls = [(rng.normal(size=t.shape).astype(np.float32), np.int32(s)) for s in range(6)]
-    cm = npuc.compile(graph.verify(), calibration=calls, target="npu-int8")
+    graph, calls = cached_softmax()
+    cm = npuc.compile(graph, calibration=calls, target="npu-int8")
     (slot,) = cm.ir.state
     assert slot.type.dtype == DType.I8 and slot.write.op == "reuse"
     assert slot.read.type == slot.write.inputs[0].type  # no requantize on the cached path
@@ -212,4 +202,4 @@ def test_quantized_state_is_stored_as_its_write_and_compiled_runs_hold_it() -> N
     first = cm.run(*calls[0])
     cm.reset()
     np.testing.assert_array_equal(cm.run(*calls[0]), first)
-    assert not np.array_equal(cached["attn"], cm.state["attn"])  # a later recompute moved it
+    assert not np.array_equal(cached["attn.map"], cm.state["attn.map"])  # a later step moved it
