@@ -5,6 +5,12 @@ tensor aligned to 16 bytes), gives each constant a C array, and asks each node's
 (`npuc.codegen.kernels`) for its template and literal parameters. A `Context` is what a lowering
 sees: C expressions for its operands (`ptr`), extra constant arrays (`array`), the encoded
 weights decoded for it (`weight`) and scratch memory past the plan (`scratch`).
+
+State across calls (`Graph.state`) lives in a static region of its own beside the arena: a
+`state` node's pointer is its slot there, each call ends by copying every slot's write into it,
+and `npuc_reset()` refills it with real zeros. A graph whose work depends on the step index
+(`reuse`) guards each layer that some steps skip with its row of `npuc.state.Activity` (a
+constant table indexed by the call's step), so a C call computes exactly what `cm.run` does.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from npuc.errors import UnsupportedError
-from npuc.ir import DType, Graph, Node
+from npuc.ir import DType, Graph, Node, StateSlot
 from npuc.quant.constants import encoding_of
+from npuc.state import Activity
 
 ALIGN = 16  # bytes: every arena tensor and scratch block starts on a 16-byte boundary
 CTYPES = {DType.I8: "npuc_i8", DType.U8: "npuc_u8", DType.I16: "npuc_i16", DType.I32: "npuc_i32",
@@ -64,6 +71,27 @@ class Layer:
     fn: str  # the C function's name
     body: str  # the rendered statements
     stage: str  # "entry" (quantizes an input), "body" or "exit" (dequantizes an output)
+    guard: str | None = None  # a table over step indices: run the layer where it holds 1
+
+
+@dataclass(frozen=True)
+class StateBuffer:
+    """One state slot in the static state region."""
+
+    name: str  # safe in a C comment
+    offset: int
+    nbytes: int
+    write: str  # pointer to the value each call leaves (in the arena)
+    reset: str | None  # a constant array of the reset bytes; None: every byte is `fill`
+    fill: int = 0
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where a call's step index comes from, and how many distinct entries the guards have."""
+
+    expr: str  # pointer to the int32/int64 input holding it
+    horizon: int  # steps past the longest schedule index entry `horizon`
 
 
 def c_text(text: str) -> str:
@@ -95,6 +123,12 @@ class View:
     layers: tuple[Layer, ...]
     inputs: tuple[Port, ...]
     outputs: tuple[Port, ...]
+    states: tuple[StateBuffer, ...] = ()
+    step: Step | None = None
+
+    @property
+    def state_bytes(self) -> int:
+        return sum(-(-s.nbytes // ALIGN) * ALIGN for s in self.states)
 
     @property
     def weight_bytes(self) -> int:
@@ -112,8 +146,10 @@ class Kernel:
 class Context:
     """What a kernel lowering may ask of the emitter while lowering one node."""
 
-    def __init__(self, offsets: dict[Node, int], arena_bytes: int) -> None:
+    def __init__(self, offsets: dict[Node, int], arena_bytes: int,
+                 state_offsets: dict[Node, int] | None = None) -> None:
         self.offsets = offsets
+        self.state_offsets = state_offsets or {}
         self.arena_bytes = arena_bytes
         self.arrays: dict[tuple[str, str], Array] = {}
         self.names: dict[Node, str] = {}
@@ -134,6 +170,8 @@ class Context:
             if node not in self.names:
                 self.names[node] = self.array(node.data, ctype(node.dtype), node.loc or "")
             return self.names[node]
+        if node in self.state_offsets:
+            return f"(({ctype(node.dtype)} *)(npuc_state + {self.state_offsets[node]}))"
         return f"(({ctype(node.dtype)} *)(npuc_arena + {self.offsets[node]}))"
 
     def array(self, values: np.ndarray, c_type: str | None = None, comment: str = "") -> str:
@@ -243,13 +281,18 @@ def build_view(graph: Graph, target_name: str = "unknown",
     from .kernels import lower
 
     check_integer(graph)
-    nodes = [n for n in graph.nodes if not n.is_const]
+    nodes = [n for n in graph.nodes if not n.is_const and n.op != "state"]
     stages = {n: _stage(graph, n) for n in nodes}
     # the order the C runs them in: npuc_run writes every input first, then runs the entry
     # layers, the body and the exit layers; the memory plan must see that same order
     order = [n for s in ("input", "entry", "body", "exit") for n in nodes if stages[n] == s]
     plan = _plan(graph, order)
-    ctx = Context(plan.offsets, plan.arena)
+    state_offsets, at = {}, 0
+    for slot in graph.state:
+        state_offsets[slot.read] = at
+        at += -(-slot.type.nbytes // ALIGN) * ALIGN
+    ctx = Context(plan.offsets, plan.arena, state_offsets)
+    activity = Activity(graph)
     inputs = [n for n in order if n.op == "input"]
     layers = []
     for index, node in enumerate(order):
@@ -257,12 +300,31 @@ def build_view(graph: Graph, target_name: str = "unknown",
             continue
         ctx.begin_layer()
         body = lower(node, ctx)
+        mask = activity.masks[node]
+        guard = None if mask.all() else ctx.array(mask.astype(np.uint8), "npuc_u8")
         layers.append(Layer(index, node.op, c_text(node.loc or ""), f"npuc_layer{index}",
-                            "\n".join(ctx.prelude + [body]), stages[node]))
+                            "\n".join(ctx.prelude + [body]), stages[node], guard))
+    states = tuple(_state_buffer(slot, state_offsets[slot.read], ctx) for slot in graph.state)
+    step = None
+    if activity.step is not None:
+        if activity.step.op != "input":
+            raise UnsupportedError("the step index of a reuse is computed: the C takes it from "
+                                   "a graph input", op="reuse", stage="emit-c",
+                                   hint="pass the step as an int32 input of the model")
+        step = Step(ctx.ptr(activity.step), activity.horizon)
     ports_in = tuple(_port(graph, n, ctx, i, "input") for i, n in enumerate(inputs))
     ports_out = tuple(_port(graph, n, ctx, i, "output") for i, n in enumerate(graph.outputs))
     return View(target_name, pipeline, plan.arena + ctx.scratch_bytes, plan.lower_bound,
-                tuple(ctx.arrays.values()), tuple(layers), ports_in, ports_out)
+                tuple(ctx.arrays.values()), tuple(layers), ports_in, ports_out, states, step)
+
+
+def _state_buffer(slot: StateSlot, offset: int, ctx: Context) -> StateBuffer:
+    reset = slot.reset_value()
+    raw = np.frombuffer(reset.astype(reset.dtype.newbyteorder("<")).tobytes(), np.uint8)
+    same = raw.size and (raw == raw[0]).all()
+    return StateBuffer(c_text(slot.name), offset, slot.type.nbytes, ctx.ptr(slot.write),
+                       None if same else ctx.array(raw, "npuc_u8", f"reset of {slot.name}"),
+                       int(raw[0]) if same else 0)
 
 
 def _stage(graph: Graph, node: Node) -> str:

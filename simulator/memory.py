@@ -1,10 +1,11 @@
 """Memory planning: tensor lifetimes over an execution order, and arena offsets.
 
-A tensor lives from the step that writes it to the last step that reads it (graph outputs to the
-end, inputs from the start); constants live in their own read-only region. Offsets are assigned
-greedily, largest tensor first, at the lowest offset that overlaps no tensor alive at the same
-time. The arena is compared with its lower bound, the largest total size of tensors alive at
-once; two tensors alive together never overlap (tests check both).
+A tensor lives from the step that writes it to the last step that reads it (graph outputs and
+state writes to the end, inputs from the start); constants live in their own read-only region,
+state between calls in its own. Offsets are assigned greedily, largest tensor first, at the
+lowest offset that overlaps no tensor alive at the same time. The arena is compared with its
+lower bound, the largest total size of tensors alive at once; two tensors alive together never
+overlap (tests check both).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def plan_memory(graph: Graph, order: list[Node], align: int = 1) -> MemoryPlan:
         for i in node.inputs:
             if i in spans:
                 spans[i][1] = max(spans[i][1], step[node])
-    for out in graph.outputs:
+    for out in graph.roots:  # outputs, and the state writes stored back after the last op
         if out in spans:
             spans[out][1] = last
     placed: list[Buffer] = []

@@ -293,3 +293,14 @@ def _pad(node: Node, ctx: Context) -> Kernel:
                 "v0")
     fill = (ctx.ptr(node), math.prod(node.shape), str(value)) if any(p > 0 for p in pads) else None
     return map_kernel([part], fill)
+
+
+@kernel("reuse")
+def _reuse(node: Node, ctx: Context) -> Kernel:
+    """The fresh or the cached value by the call's step (`npuc_step_value`): a copy of the
+    picked one, which the guards have computed (steps past the schedule recompute)."""
+    fresh, cached, _ = node.inputs
+    schedule = np.asarray(node.attrs["recompute"], np.uint8)
+    return Kernel("reuse", {"out": ctx.ptr(node), "fresh": ctx.ptr(fresh),
+                            "cached": ctx.ptr(cached), "nbytes": node.type.nbytes,
+                            "steps": schedule.size, "table": ctx.array(schedule, "npuc_u8")})

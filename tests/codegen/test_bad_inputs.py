@@ -83,10 +83,10 @@ def test_non_finite_float_inputs_warn_in_both(tmp_path: Path) -> None:
 
 def test_harness_refuses_wrong_sizes_and_unwritable_outputs(embedding: tuple) -> None:
     _, ids, exe = embedding
-    for data in (ids.ravel()[:-1], np.append(ids.ravel(), 0)):
+    for data in (ids.ravel()[:-1], np.append(ids.ravel(), 0), ids.ravel()[:0]):
         result = _model(exe, data)
         assert result.returncode == 1
-        assert f"expected exactly {ids.size} float32 values" in result.stderr
+        assert f"whole number of calls' inputs, {ids.size} float32 values" in result.stderr
     full = _model(exe, ids, out="/dev/full")  # every write fails with ENOSPC
     assert full.returncode == 1
     assert "cannot write the outputs" in full.stderr
