@@ -39,8 +39,6 @@ def reuse_type(types: list[TensorType], attrs: Attrs) -> TensorType:
     if step.size != 1 or step.dtype not in STEP_DTYPES:
         raise OpTypeError(f"reuse: the step must be one i32/i64 element, got {step.shape} "
                           f"{step.dtype}")
-    if attrs["recompute"] and not attrs["recompute"][0]:
-        raise OpTypeError("reuse: step 0 must recompute (nothing is cached before it)")
     if any(v not in (0, 1) for v in attrs["recompute"]):
         raise OpTypeError(f"reuse: recompute holds 0/1 per step, got {attrs['recompute']}")
     return TensorType(fresh.shape, fresh.dtype, fresh.quant)
@@ -55,7 +53,10 @@ def _reuse_mirror(attrs: Attrs, fresh, cached, step):  # noqa: ANN001, ANN202 - 
 def reuse(attrs: Attrs, fresh: np.ndarray | None, cached: np.ndarray | None,
           step: np.ndarray) -> np.ndarray:
     """`fresh` at the steps `recompute` marks 1 (and at any step past its end), else `cached`.
-    Only the picked operand is computed: the other one is None here."""
+    Only the picked operand is computed: the other one is None here. The schedule is indexed
+    by the step's value (a step index, or a diffusion timestep); what introduces the op makes
+    sure the first call of a sequence recomputes (a cache read before then is its reset
+    value)."""
     picked = fresh if recomputes(attrs["recompute"], int(step.reshape(-1)[0])) else cached
     if picked is None:
         raise RuntimeError("reuse: the operand the step picks was not computed")

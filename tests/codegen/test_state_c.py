@@ -13,7 +13,7 @@ import pytest
 import npuc
 from npuc.ir import Graph
 from tests.codegen.harness import FAST, SANITIZE, WARNINGS, build, run
-from tests.stateful import SCHEDULE, cached_softmax
+from tests.stateful import SCHEDULE, Attention, cached_softmax, loop_inputs
 
 COMPILERS = [cc for cc in ("gcc", "clang") if shutil.which(cc)]
 
@@ -136,3 +136,25 @@ def test_npuc_reset_is_cm_reset(tmp_path: Path) -> None:
     assert_same_bits(list(got), want)
     assert np.array_equal(got[0], got[3])  # both right after a reset
     assert not np.array_equal(got[0], got[2])  # the same call reading a real cache
+
+
+def test_reuse_attention_through_npu_int8_is_bit_exact_over_a_sampling_loop(tmp_path: Path
+                                                                              ) -> None:
+    """Attention conditioned on the timestep, its map reused late in sampling: the loop's
+    every call in C equals cm.run, and the reusing calls skip QK^T in C as in the simulator."""
+    import torch
+
+    calls = loop_inputs()
+    torch.manual_seed(5)
+    model = Attention().eval()
+    times = [int(c[1][0]) for c in calls]
+    cm = npuc.compile(model, tuple(torch.from_numpy(a) for a in calls[0]), "npu-int8",
+                      calibration=calls,
+                      passes=[("reuse_attention", {"timesteps": times, "every": 2}),
+                              *npuc.targets.get("npu-int8").pipeline])
+    assert len(cm.ir.state) == 1 and not cm.ir.state[0].type.dtype.is_float
+    want = sequence_in_python(cm, calls)
+    exe = build(cm.emit_c(tmp_path))
+    flat = [np.asarray(a, np.float32) for call in calls for a in call]
+    got = run(exe, flat, [want[0].size] * len(calls))
+    assert_same_bits(got, want)

@@ -1,0 +1,118 @@
+"""reuse_attention: finds attention, caches its map or output in state by a policy; 'always'
+is the identity at every call; a reusing call reads what the last recomputing call left."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import npuc
+from npuc.interpreter import interpret
+from npuc.passes.reuse_attention import attention_maps, schedule_for
+from npuc.state import Activity
+from tests.stateful import CALLS, Attention, loop_inputs
+
+
+def captured(model: nn.Module, calls: list[tuple]) -> npuc.ir.Graph:
+    torch.manual_seed(0)
+    return npuc.capture(model.eval(), tuple(torch.from_numpy(a) for a in calls[0]))
+
+
+def timesteps_of(calls: list[tuple]) -> list[int]:
+    return [int(c[1][0]) for c in calls]
+
+
+def sequence(graph: npuc.ir.Graph, calls: list[tuple]) -> list[np.ndarray]:
+    state: dict = {}
+    return [interpret(graph, *c, state=state)[0] for c in calls]
+
+
+@pytest.mark.parametrize("sdpa", [False, True], ids=["hand-written", "sdpa"])
+def test_always_is_the_identity_at_every_call(sdpa: bool) -> None:
+    calls = loop_inputs()
+    torch.manual_seed(1)
+    graph = captured(Attention(sdpa=sdpa), calls)
+    assert len(attention_maps(graph)) == 1
+    cached = npuc.passes.apply(graph, "reuse_attention", timesteps=timesteps_of(calls),
+                               policy="always")
+    assert len(cached.state) == 1 and cached.state[0].name.endswith(".map")
+    for got, want in zip(sequence(cached, calls), sequence(graph, calls), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.sampled_from(["late", "every"]), st.integers(1, 3), st.floats(0.0, 1.0),
+       st.sampled_from(["map", "output"]))
+def test_a_reusing_call_reads_what_the_last_recomputing_call_left(policy: str, every: int,
+                                                                    reuse_after: float,
+                                                                    mode: str) -> None:
+    """Mode "output" on a model that returns the attention output: a reusing call returns the
+    last recomputing call's output bit for bit, a recomputing call its own."""
+    calls = loop_inputs(seed=every)
+    torch.manual_seed(2)
+    graph = captured(Attention(project=False), calls)
+    cached = npuc.passes.apply(graph, "reuse_attention", timesteps=timesteps_of(calls),
+                               policy=policy, every=every, reuse_after=reuse_after, mode="output")
+    plan = schedule_for(policy, CALLS, reuse_after, every)
+    assert plan[0] == 1
+    plain = sequence(graph, calls)
+    got = sequence(cached, calls)
+    last = 0
+    for i, recompute in enumerate(plan):
+        last = i if recompute else last
+        # the output is reshaped from the cached product: the same values, bit for bit
+        np.testing.assert_array_equal(got[i], plain[last])
+    if mode == "map":  # and a cached map gives a different, still finite, output
+        mapped = npuc.passes.apply(graph, "reuse_attention", timesteps=timesteps_of(calls),
+                                   policy=policy, every=every, reuse_after=reuse_after)
+        out = sequence(mapped, calls)
+        for i, recompute in enumerate(plan):
+            assert np.isfinite(out[i]).all()
+            if recompute:
+                np.testing.assert_array_equal(out[i], plain[i])
+
+
+def test_a_reusing_call_skips_qk_and_softmax_and_costs_less() -> None:
+    calls = loop_inputs()
+    torch.manual_seed(3)
+    graph = captured(Attention(), calls)
+    cached = npuc.passes.apply(graph, "reuse_attention", timesteps=timesteps_of(calls),
+                               policy="late", reuse_after=0.5, every=3)
+    activity = Activity(cached)
+    recompute, reuse = (set(activity.computed(int(calls[i][1][0]))) for i in (0, 4))
+    skipped = {n.op for n in recompute - reuse}
+    assert {"softmax", "matmul"} <= skipped
+    cm = npuc.compile(cached, calibration=calls, target="npu-int8")
+    report = cm.simulate_calls(timesteps_of(calls))
+    costs = [r.total_cycles for r in report.reports]
+    plan = schedule_for("late", CALLS, 0.5, 3)
+    assert max(c for c, p in zip(costs, plan, strict=True) if not p) < min(
+        c for c, p in zip(costs, plan, strict=True) if p)
+
+
+def test_per_layer_schedules_and_clear_errors() -> None:
+    calls = loop_inputs()
+    torch.manual_seed(4)
+    graph = captured(Attention(), calls)
+    (soft, _), = attention_maps(graph)
+    times = timesteps_of(calls)
+    own = [1, 0, 1, 0, 0, 1]
+    cached = npuc.passes.apply(graph, "reuse_attention", timesteps=times,
+                               layers={soft.loc: own})
+    table = cached.state[0].write.attrs["recompute"]
+    assert [table[t] for t in times] == own
+    assert sum(table) == len(table) - own.count(0)  # values no call takes recompute
+    with pytest.raises(ValueError, match="matches no attention"):
+        npuc.passes.apply(graph, "reuse_attention", timesteps=times, layers={"nope*": own})
+    with pytest.raises(ValueError, match="the first 1"):
+        npuc.passes.apply(graph, "reuse_attention", timesteps=times, layers={"*": [0] * 6})
+    with pytest.raises(ValueError, match="no input 'step'"):
+        npuc.passes.apply(graph, "reuse_attention", step="step", calls=6)
+    with pytest.raises(ValueError, match="one int32/int64 element"):
+        npuc.passes.apply(graph, "reuse_attention", step="x", calls=6)
+    with pytest.raises(ValueError, match="how many calls"):
+        npuc.passes.apply(graph, "reuse_attention")
