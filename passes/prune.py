@@ -160,16 +160,24 @@ def bias_shift(layer: Node, mean_input: np.ndarray, removed: np.ndarray) -> np.n
 
 
 def prune_weights(graph: Graph, ctx: PassContext, weights: dict[Node, np.ndarray],
-                  bias_correction: bool) -> tuple[Graph, int]:
+                  bias_correction: bool | None) -> tuple[Graph, int]:
     """`graph` with the layers' pruned `weights`; with `bias_correction` and calibration data,
-    each layer's bias also takes what its removed weights added on average (`bias_shift`).
-    Returns the graph and the number of biases corrected."""
+    each layer's bias also takes what its removed weights added on average (`bias_shift`);
+    None measures both on the calibration data and keeps the one with the smaller output
+    error (on all-MiniLM-L6-v2 at 2:4 the correction costs: 0.575 mean cosine with, 0.630
+    without). Returns the graph and the number of biases corrected."""
     shifts: dict[Node, np.ndarray] = {}
-    if bias_correction and ctx.calibration:
+    plain = with_weights(graph, weights, {})
+    if bias_correction is not False and ctx.calibration:
         layers = [n for n in weights if n.op in BIASED and len(n.inputs[0].shape) >= 2]
         for layer, mean in input_means(graph, layers, ctx.calibration).items():
             shifts[layer] = bias_shift(layer, mean, layer.inputs[1].data - weights[layer])
-    return with_weights(graph, weights, shifts), sum(bool(np.any(s)) for s in shifts.values())
+    corrected = with_weights(graph, weights, shifts)
+    if bias_correction is None and any(np.any(s) for s in shifts.values()):
+        errors = [output_error(graph, g, ctx.calibration) for g in (corrected, plain)]
+        if errors[1] <= errors[0]:
+            return plain, 0
+    return corrected, sum(bool(np.any(s)) for s in shifts.values())
 
 
 def corrected_text(count: int) -> str:

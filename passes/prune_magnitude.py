@@ -6,9 +6,10 @@ After:  %y = conv(%x, %w', %b)            w' = w with its k smallest |w| set to 
 Options: `sparsity` (fraction of weights zeroed, 0..1), `scope` ("layer": each layer loses
 round(sparsity * its weights); "global": one magnitude threshold over all chosen layers, so
 round(sparsity * all their weights) go and layers with small weights lose more), `layers`
-(module-path globs, fnmatch on node.loc; default every such layer), `bias_correction` (True:
-with calibration data, each layer's bias takes what its removed weights added on average, so
-its mean output stays; `passes/prune.py`), `finetune` (a training callback: see
+(module-path globs, fnmatch on node.loc; default every such layer), `bias_correction` (with
+calibration data, each layer's bias takes what its removed weights added on average, so its
+mean output stays; None, the default, keeps that only where it lowers the output error on the
+calibration data, True always, False never; `passes/prune.py`), `finetune` (a training callback: see
 `passes/pdp.py`; the pass stands on its own without it).
 Requires: a float graph with constant weights. Ensures: exactly round(sparsity * n) weights of
 every layer (scope "layer") or of all chosen layers (scope "global") are zero where the weights
@@ -64,7 +65,7 @@ def _smallest_out(magnitudes: np.ndarray, k: int) -> np.ndarray:
 @register_pass("prune_magnitude", exact=False)
 def prune_magnitude(graph: Graph, ctx: PassContext, *, sparsity: float = 0.5,
                     scope: Literal["layer", "global"] = "layer", layers: Layers = None,
-                    bias_correction: bool = True, finetune: Finetune | None = None) -> Graph:
+                    bias_correction: bool | None = None, finetune: Finetune | None = None) -> Graph:
     """Unstructured magnitude pruning: zero the smallest weights per layer or globally."""
     check_fraction("prune_magnitude", "sparsity", sparsity)
     check_layers(graph, layers, "prune_magnitude")

@@ -16,8 +16,8 @@ input channels per group (a depthwise conv, a first conv on one image channel) i
 Ties keep the earlier weight.
 
 Options: `n`, `m` (2:4, 1:4, 4:8...; 0 <= n <= m), `layers` (module-path globs, fnmatch on
-node.loc), `bias_correction` (True: with calibration data each bias keeps its layer's mean
-output, as in prune_magnitude), `finetune` (a training callback, `passes/pdp.py`; the pass
+node.loc), `bias_correction` (with calibration data each bias keeps its layer's mean
+output, as in prune_magnitude; by default only where that lowers the output error), `finetune` (a training callback, `passes/pdp.py`; the pass
 stands on its own).
 Requires: a float graph with constant weights. Ensures: every group of every chosen layer has at
 most n nonzero weights; shapes and every other op unchanged (biases too, but for bias
@@ -69,7 +69,7 @@ def check_nm(n: int, m: int) -> None:
 
 @register_pass("prune_nm", exact=False)
 def prune_nm(graph: Graph, ctx: PassContext, *, n: int = 2, m: int = 4, layers: Layers = None,
-             bias_correction: bool = True, finetune: Finetune | None = None) -> Graph:
+             bias_correction: bool | None = None, finetune: Finetune | None = None) -> Graph:
     """N:M structured pruning: at most n nonzeros in every m consecutive input channels."""
     check_nm(n, m)
     check_layers(graph, layers, "prune_nm")

@@ -296,8 +296,8 @@ def test_channels_by_importance_remove_a_dead_channel_without_a_trace() -> None:
 # ------------------------------------------------------------------ shared behaviour
 
 
-def mlp() -> tuple[Graph, tuple]:
-    rng = np.random.default_rng(3)
+def mlp(seed: int = 3) -> tuple[Graph, tuple]:
+    rng = np.random.default_rng(seed)
     x = graph_input("x", TensorType((8, 12), DType.F32))
     h = make("relu", [make("linear", [x, const(rng.normal(size=(16, 12)).astype("f4"),
                                                loc="enc.0.weight"),
@@ -324,13 +324,29 @@ def test_layers_globs_choose_the_layers(name: str, options: dict) -> None:
     ("prune_magnitude", {"sparsity": 0.5}), ("prune_nm", {"n": 2, "m": 4})])
 def test_bias_correction_keeps_the_mean_output_of_a_linear(name: str, options: dict) -> None:
     graph, inputs = mlp()
-    corrected, note = run(graph, name, inputs, **options)
+    corrected, note = run(graph, name, inputs, bias_correction=True, **options)
     plain, _ = run(graph, name, inputs, bias_correction=False, **options)
     assert "biases corrected" in note
     first = [npuc.interpret(Graph(g.inputs, (weight_layers(g)[0],)), *inputs)[0]
              for g in (graph, corrected, plain)]
     np.testing.assert_allclose(first[1].mean(axis=0), first[0].mean(axis=0), atol=1e-4)
     assert not np.allclose(first[2].mean(axis=0), first[0].mean(axis=0), atol=1e-2)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("prune_magnitude", {"sparsity": 0.75}), ("prune_nm", {"n": 1, "m": 4})])
+@pytest.mark.parametrize("seed", range(4))
+def test_measured_bias_correction_keeps_the_smaller_error(name: str, options: dict,
+                                                          seed: int) -> None:
+    """By default the correction is measured: the result is whichever of with and without has
+    the smaller output error on the calibration data."""
+    from npuc.passes.prune import output_error
+
+    graph, inputs = mlp(seed)
+    chosen, _ = run(graph, name, inputs, **options)
+    errors = [output_error(graph, run(graph, name, inputs, bias_correction=b, **options)[0],
+                           [inputs]) for b in (True, False)]
+    assert output_error(graph, chosen, [inputs]) == pytest.approx(min(errors), rel=1e-12)
 
 
 def fan_out() -> tuple[Graph, tuple]:
@@ -347,8 +363,8 @@ def fan_out() -> tuple[Graph, tuple]:
 
 
 @pytest.mark.parametrize("name, options, corrected", [
-    ("prune_magnitude", {"sparsity": 0.5, "layers": ["head*"]}, 2),
-    ("prune_nm", {"n": 1, "m": 4, "layers": ["head*"]}, 2),
+    ("prune_magnitude", {"sparsity": 0.5, "layers": ["head*"], "bias_correction": True}, 2),
+    ("prune_nm", {"n": 1, "m": 4, "layers": ["head*"], "bias_correction": True}, 2),
     ("prune_channels", {"sparsity": 0.5}, 2)])
 def test_bias_correction_reaches_every_layer_reading_a_shared_input(
         name: str, options: dict, corrected: int) -> None:
