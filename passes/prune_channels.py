@@ -25,8 +25,9 @@ dead channel scores 0). "importance" needs calibration data (CalibrationError
 without). Options: `sparsity` (fraction of each group's units, 0..1; at least one unit stays),
 `criterion`, `layers` (globs on the producers' module paths), `multiple` (keep a multiple of
 this many units per group, e.g. the NPU array's width, rounding the kept count to the nearest
-multiple), `bias_correction` (True: with calibration data, each consumer's bias takes what the
-removed channels added to it on average, so a constant channel goes without a trace),
+multiple), `bias_correction` (with calibration data, each consumer's bias takes what the
+removed channels added to it on average, so a constant channel goes without a trace; None, the
+default, keeps that only where it lowers the output error, True always, False never),
 `finetune` (a training callback, `passes/pdp.py`).
 Requires: a float graph with constant weights. Ensures: a graph that verifies, with the same
 outputs (within float rounding) when the removed channels carry zeros into their consumers; no
@@ -66,6 +67,7 @@ from .prune import (
     count,
     input_means,
     note_error,
+    output_error,
     selected,
 )
 
@@ -137,7 +139,7 @@ def choose(group: ChannelGroup, scores: dict[Unit, float], sparsity: float,
 @register_pass("prune_channels", exact=False)
 def prune_channels(graph: Graph, ctx: PassContext, *, sparsity: float = 0.5,
                    criterion: Literal["l1", "l2", "importance"] = "l1", layers: Layers = None,
-                   multiple: int = 1, bias_correction: bool = True,
+                   multiple: int = 1, bias_correction: bool | None = None,
                    finetune: Finetune | None = None) -> Graph:
     """Channel pruning: remove output channels (tied ones together) and shrink the consumers."""
     check_fraction("prune_channels", "sparsity", sparsity)
@@ -156,14 +158,20 @@ def prune_channels(graph: Graph, ctx: PassContext, *, sparsity: float = 0.5,
         graph = train(graph, list(ch.producers), soft_channels(ch, sparsity), finetune)
     ch = Channels(graph)
     groups = [g for g in ch.groups if g.prunable and all(selected(p, layers) for p in g.producers)]
-    scores = unit_scores(ch, criterion, ctx.calibration, bias_correction) if groups else {}
+    compensated = bias_correction is not False
+    scores = unit_scores(ch, criterion, ctx.calibration, compensated) if groups else {}
     removed = [u for g in groups for u in choose(g, scores, sparsity, multiple)]
     while (emptied := ch.emptied(removed)):
         for present in emptied:  # keep the best unit of a value that would lose every channel
             back = max((u for u in removed if u in present), key=lambda u: scores[u], default=None)
             removed = [u for u in removed if u != back]
-    shifts = compensation(ch, removed, ctx.calibration) if bias_correction else {}
+    shifts = compensation(ch, removed, ctx.calibration) if compensated else {}
     pruned = ch.prune(removed, shifts)
+    if bias_correction is None and shifts:  # measured: kept only where it lowers the error
+        plain = ch.prune(removed, {})
+        if (output_error(graph, plain, ctx.calibration)
+                <= output_error(graph, pruned, ctx.calibration)):
+            pruned, shifts = plain, {}
     before, after = summarize(graph), summarize(pruned)
     total = sum(len(g.units) for g in groups)
     pinned = [g for g in ch.groups if g.reason is not None]

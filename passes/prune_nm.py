@@ -17,8 +17,8 @@ Ties keep the earlier weight.
 
 Options: `n`, `m` (2:4, 1:4, 4:8...; 0 <= n <= m), `layers` (module-path globs, fnmatch on
 node.loc), `bias_correction` (with calibration data each bias keeps its layer's mean
-output, as in prune_magnitude; by default only where that lowers the output error), `finetune` (a training callback, `passes/pdp.py`; the pass
-stands on its own).
+output, as in prune_magnitude; by default only where that lowers the output error),
+`finetune` (a training callback, `passes/pdp.py`; the pass stands on its own).
 Requires: a float graph with constant weights. Ensures: every group of every chosen layer has at
 most n nonzero weights; shapes and every other op unchanged (biases too, but for bias
 correction); a second run changes nothing. Approximate: the note gives the sparsity reached

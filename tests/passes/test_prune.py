@@ -365,7 +365,7 @@ def fan_out() -> tuple[Graph, tuple]:
 @pytest.mark.parametrize("name, options, corrected", [
     ("prune_magnitude", {"sparsity": 0.5, "layers": ["head*"], "bias_correction": True}, 2),
     ("prune_nm", {"n": 1, "m": 4, "layers": ["head*"], "bias_correction": True}, 2),
-    ("prune_channels", {"sparsity": 0.5}, 2)])
+    ("prune_channels", {"sparsity": 0.5, "bias_correction": True}, 2)])
 def test_bias_correction_reaches_every_layer_reading_a_shared_input(
         name: str, options: dict, corrected: int) -> None:
     """Every layer that reads the same value gets its bias corrected, not only the last."""
