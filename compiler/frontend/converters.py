@@ -91,7 +91,7 @@ for _name, _op in [("relu", "relu"), ("sigmoid", "sigmoid"), ("tanh", "tanh"), (
                    ("hardswish", "hardswish"), ("hardsigmoid", "hardsigmoid"), ("exp", "exp"),
                    ("log", "log"), ("sqrt", "sqrt"), ("rsqrt", "rsqrt"), ("neg", "neg"),
                    ("abs", "abs"), ("erf", "erf"), ("reciprocal", "reciprocal"),
-                   ("log1p", "log1p"), ("expm1", "expm1"),
+                   ("log1p", "log1p"), ("expm1", "expm1"), ("sin", "sin"), ("cos", "cos"),
                    ("logical_not", "logical_not")]:
     register_converter(f"aten.{_name}.default")(_unary(_op))
 

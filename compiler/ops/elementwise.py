@@ -153,6 +153,9 @@ _unary("hardsigmoid", lambda x, a: np.clip(x / np.float32(6) + np.float32(0.5), 
 _unary("hardswish", lambda x, a: x * np.clip(x + 3, 0, 6) / np.float32(6),
        "x * clamp(x + 3, 0, 6) / 6", lambda a, x: F.hardswish(x))
 _unary("exp", lambda x, a: np.exp(x), "exp(x)", lambda a, x: torch.exp(x))
+_unary("sin", lambda x, a: np.sin(x), "sin(x) (a diffusion model's timestep embedding)",
+       lambda a, x: torch.sin(x))
+_unary("cos", lambda x, a: np.cos(x), "cos(x)", lambda a, x: torch.cos(x))
 _unary("expm1", lambda x, a: np.expm1(x), "exp(x) - 1, accurate near 0", NO_MIRROR)
 _unary("log", lambda x, a: np.log(x), "natural log", lambda a, x: torch.log(x))
 _unary("log1p", lambda x, a: np.log1p(x), "log(1 + x), accurate near 0", NO_MIRROR)
