@@ -36,8 +36,12 @@ call left, so it is only as good as the maps are stable across calls.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from fnmatch import fnmatch
+
+import numpy as np
+from tqdm import tqdm
 
 from npuc.ir import Graph, Node, StateSlot, state_read
 from npuc.ops import make
@@ -152,9 +156,9 @@ def reuse_attention(graph: Graph, ctx: PassContext, *, step: str = "t",
         name = f"{where}.{'map' if mode == 'map' else 'out'}"
         if name in {s.name for s in slots}:  # two attentions at one module path
             name += f"#{len(slots)}"
-        read = state_read(name, node.type, original.loc)
+        read = state_read(name, node.type, where)
         kept = make("reuse", [node, read, step_node],
-                    {"recompute": _table(per_call, timesteps)}, loc=original.loc)
+                    {"recompute": _table(per_call, timesteps)}, loc=where)
         slots.append(StateSlot(read, kept))
         return kept
 
@@ -196,3 +200,107 @@ def _per_layer(found: list[tuple[Node, Node]], layers: Mapping[str, list[int]],
         own = [s for p, s in layers.items() if fnmatch(soft.loc or "", p)]
         chosen[soft] = list(own[-1] if own else default)
     return chosen
+
+
+
+def probe_schedules(graph: Graph, calls: int) -> dict[str, list[int]]:
+    """Per attention (by module path), a schedule that reuses only at call k + 1, k its index:
+    compiled with `layers=` these, each call's simulated cost shows one layer's saving."""
+    locs = _locs(graph)
+    if calls < len(locs) + 1:
+        raise ValueError(f"reuse_attention: probing {len(locs)} attentions needs at least "
+                         f"{len(locs) + 1} calls, got {calls}")
+    return {loc: [int(i != k + 1) for i in range(calls)] for k, loc in enumerate(locs)}
+
+
+def layer_savings(cm, timesteps: Sequence[int]) -> dict[str, float]:  # noqa: ANN001
+    """Simulated seconds a reusing call of each attention saves on `cm`'s target (the work it
+    skips, less the cache read): `cm` compiled with `layers=probe_schedules(graph, n)`."""
+    costs = [r.latency_s for r in cm.simulate_calls(timesteps).reports]
+    saved = {}
+    for slot in cm.ir.state:
+        table = slot.write.attrs.get("recompute", ())
+        reusing = [i for i, t in enumerate(timesteps) if t < len(table) and not table[t]]
+        if slot.write.op == "reuse" and len(reusing) == 1:
+            saved[slot.read.loc] = costs[0] - costs[reusing[0]]
+    return saved
+
+
+@dataclass(frozen=True)
+class SearchedPolicy:
+    """The result of `search_policy`: `layers` for reuse_attention, and what it measured."""
+
+    layers: dict[str, list[int]]
+    quality: float  # of the chosen policy
+    baseline: float  # with every call recomputing
+    saved_s: float  # simulated seconds saved over the loop
+    trials: int  # sampling loops run
+
+    def __str__(self) -> str:
+        reused = sum(s.count(0) for s in self.layers.values())
+        return (f"searched policy: {reused} layer-calls reuse, quality {self.quality:.4g} "
+                f"(every call recomputing: {self.baseline:.4g}), {self.saved_s * 1e3:.3f} ms "
+                f"simulated saved per loop, {self.trials} sampling loops")
+
+
+def search_policy(graph: Graph, timesteps: Sequence[int],
+                  sample: Callable[[Graph], np.ndarray],
+                  quality: Callable[[np.ndarray], float], bound: float,
+                  savings: Mapping[str, float], *, mode: str = "map", step: str = "t",
+                  progress: bool | None = None) -> SearchedPolicy:
+    """A per-layer, per-call reuse policy that saves the most simulated time with `quality` at
+    least `bound`. `sample(g)` runs a whole sampling loop with graph `g` (state kept across its
+    calls) and returns the samples; `quality(samples)` scores them (higher is better);
+    `savings` is `layer_savings` of the target. Greedy with re-measurement: each (layer, call)
+    reuse is scored alone (its saving over the quality it costs), then the longest prefix of
+    that order whose combined policy still meets the bound is found by bisection, measuring each
+    candidate policy on real samples. Attentions whose reuse saves nothing on the target (where
+    reading the cache costs more than recomputing) are never reused."""
+    n = len(timesteps)
+    locs = _locs(graph)
+
+    def measured(layers: dict[str, list[int]]) -> float:
+        cached = reuse_attention_graph(graph, step, timesteps, layers, mode)
+        return float(quality(sample(cached)))
+
+    def policy(flips: Sequence[tuple[str, int]]) -> dict[str, list[int]]:
+        layers = {loc: [1] * n for loc in locs}
+        for loc, call in flips:
+            layers[loc][call] = 0
+        return layers
+
+    baseline = measured(policy([]))
+    candidates = [(loc, i) for loc in locs for i in range(1, n) if savings.get(loc, 0.0) > 0]
+    scored = []
+    for flip in tqdm(candidates, desc="reuse policy: scoring", unit="trial", leave=False,
+                     disable=not progress if progress is not None else len(candidates) < 8):
+        loss = max(baseline - measured(policy([flip])), 0.0)
+        scored.append((savings[flip[0]] / (loss + 1e-12), flip))
+    order = [flip for _, flip in sorted(scored, key=lambda x: -x[0])]
+    lo, hi, best, trials = 0, len(order), baseline, 1 + len(candidates)
+    while lo < hi:  # the longest prefix of `order` that meets the bound
+        mid = (lo + hi + 1) // 2
+        q = measured(policy(order[:mid]))
+        trials += 1
+        if q >= bound:
+            lo, best = mid, q
+        else:
+            hi = mid - 1
+    chosen = order[:lo]
+    return SearchedPolicy(policy(chosen), best, baseline,
+                          sum(savings[loc] for loc, _ in chosen), trials)
+
+
+def reuse_attention_graph(graph: Graph, step: str, timesteps: Sequence[int],
+                          layers: Mapping[str, list[int]], mode: str = "map") -> Graph:
+    """The pass with per-layer schedules, as a plain function (for searches)."""
+    return reuse_attention(graph, PassContext(), step=step, timesteps=list(timesteps),
+                           policy="always", mode=mode, layers=dict(layers))
+
+
+def _locs(graph: Graph) -> list[str]:
+    locs = [soft.loc for soft, _ in attention_maps(graph)]
+    if not locs or any(loc is None for loc in locs) or len(set(locs)) != len(locs):
+        raise ValueError(f"reuse_attention: a per-layer policy needs every attention at a "
+                         f"module path of its own; the attentions here are at {locs}")
+    return locs

@@ -116,3 +116,66 @@ def test_per_layer_schedules_and_clear_errors() -> None:
         npuc.passes.apply(graph, "reuse_attention", step="x", calls=6)
     with pytest.raises(ValueError, match="how many calls"):
         npuc.passes.apply(graph, "reuse_attention")
+
+
+class TwoBlocks(nn.Module):
+    """Two timestep-conditioned attention blocks with residuals: a tiny denoiser."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = Attention(), Attention()
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h = x + self.a(x, t)
+        return h + self.b(h, t)
+
+
+def sampler(calls: list[tuple]) -> tuple:
+    """A sequential loop x <- x - 0.1 * model(x, t) from calls[0]'s x; returns (sample(g) for
+    search_policy, the timesteps)."""
+    times = [int(c[1][0]) for c in calls]
+
+    def sample(graph: npuc.ir.Graph) -> np.ndarray:
+        state: dict = {}
+        x = calls[0][0]
+        for t in times:
+            x = x - np.float32(0.1) * interpret(graph, x, np.array([t]), state=state)[0]
+        return x
+
+    return sample, times
+
+
+def test_the_searched_policy_meets_its_bound_and_saves_what_the_target_rewards() -> None:
+    from npuc.passes.reuse_attention import (layer_savings, probe_schedules,
+                                             reuse_attention_graph, search_policy)
+
+    calls = loop_inputs(calls=5)
+    torch.manual_seed(6)
+    graph = captured(TwoBlocks(), calls)
+    sample, times = sampler(calls)
+    reference = sample(graph)
+
+    def quality(x: np.ndarray) -> float:
+        return -float(np.linalg.norm(x - reference) / np.linalg.norm(reference))
+
+    probe = npuc.compile(graph, calibration=calls, target="npu-int8", passes=[
+        ("reuse_attention", {"timesteps": times, "layers": probe_schedules(graph, len(calls))}),
+        *npuc.targets.get("npu-int8").pipeline])
+    savings = layer_savings(probe, times)
+    assert set(savings) == {soft.loc for soft, _ in attention_maps(graph)}
+    assert all(s > 0 for s in savings.values())
+    loose = search_policy(graph, times, sample, quality, -1.0, savings)
+    assert all(s == [1, 0, 0, 0, 0] for s in loose.layers.values())  # everything reusable
+    assert loose.saved_s == pytest.approx(4 * sum(savings.values()))
+    tight = search_policy(graph, times, sample, quality, loose.quality / 4, savings)
+    assert tight.quality >= loose.quality / 4 and tight.saved_s < loose.saved_s
+    again = quality(sample(reuse_attention_graph(graph, "t", times, tight.layers)))
+    assert again == pytest.approx(tight.quality)  # the policy is what was measured
+    strict = search_policy(graph, times, sample, quality, 0.0, savings)
+    assert strict.saved_s == 0 and strict.quality == strict.baseline == 0.0
+    # a layer whose reuse saves nothing on the target is never reused
+    (first, second) = sorted(savings)
+    none = search_policy(graph, times, sample, quality, -1.0, {first: savings[first],
+                                                               second: -1e-6})
+    assert none.layers[second] == [1] * 5 and none.layers[first].count(0) == 4
+    assert "layer-calls reuse" in str(tight)
