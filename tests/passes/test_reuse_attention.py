@@ -146,8 +146,12 @@ def sampler(calls: list[tuple]) -> tuple:
 
 
 def test_the_searched_policy_meets_its_bound_and_saves_what_the_target_rewards() -> None:
-    from npuc.passes.reuse_attention import (layer_savings, probe_schedules,
-                                             reuse_attention_graph, search_policy)
+    from npuc.passes.reuse_attention import (
+        layer_savings,
+        probe_schedules,
+        reuse_attention_graph,
+        search_policy,
+    )
 
     calls = loop_inputs(calls=5)
     torch.manual_seed(6)
