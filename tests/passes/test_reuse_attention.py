@@ -183,3 +183,33 @@ def test_the_searched_policy_meets_its_bound_and_saves_what_the_target_rewards()
                                                                second: -1e-6})
     assert none.layers[second] == [1] * 5 and none.layers[first].count(0) == 4
     assert "layer-calls reuse" in str(tight)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(1, 3), st.sampled_from([1, 2, 4]), st.integers(2, 9), st.booleans(),
+       st.sampled_from(["map", "output"]), st.integers(0, 1000))
+def test_random_attention_is_found_and_always_is_exact(blocks: int, heads: int, tokens: int,
+                                                       sdpa: bool, mode: str, seed: int) -> None:
+    """Random stacks of attention blocks (heads, tokens, hand-written or sdpa): every attention
+    is found, each gets its own state, and `always` computes what the model did, every call."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(*[Attention(heads=heads, sdpa=sdpa) for _ in range(blocks)])
+
+    class Stack(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = model
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            for layer in self.layers:
+                x = x + layer(x, t)
+            return x
+
+    calls = loop_inputs(seed, calls=3, n=tokens)
+    graph = captured(Stack(), calls)
+    assert len(attention_maps(graph)) == blocks
+    cached = npuc.passes.apply(graph, "reuse_attention", timesteps=timesteps_of(calls),
+                               policy="always", mode=mode)
+    assert len(cached.state) == blocks and len({s.name for s in cached.state}) == blocks
+    for got, want in zip(sequence(cached, calls), sequence(graph, calls), strict=True):
+        np.testing.assert_array_equal(got, want)
