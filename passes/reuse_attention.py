@@ -129,6 +129,10 @@ def reuse_attention(graph: Graph, ctx: PassContext, *, step: str = "t",
     if every < 1 or not 0.0 <= reuse_after <= 1.0:
         raise ValueError(f"reuse_attention: every >= 1 and 0 <= reuse_after <= 1, got every="
                          f"{every}, reuse_after={reuse_after}")
+    found = attention_maps(graph)
+    if not found:  # nothing to cache: the step input is not needed either
+        ctx.note("reuse_attention: no attention found (softmax(QK^T) read by a matmul)")
+        return graph
     step_node = _step_input(graph, step)
     if timesteps is None:
         if calls is None:
@@ -139,10 +143,6 @@ def reuse_attention(graph: Graph, ctx: PassContext, *, step: str = "t",
         raise ValueError(f"reuse_attention: timesteps must be distinct and >= 0, got "
                          f"{timesteps}")
     n = len(timesteps)
-    found = attention_maps(graph)
-    if not found:
-        ctx.note("reuse_attention: no attention found (softmax(QK^T) read by a matmul)")
-        return graph
     chosen = _per_layer(found, layers or {}, schedule_for(policy, n, reuse_after, every), n)
     # the map as P @ V reads it (after sdpa's masked-row guard), or the product itself
     cached = {(out.inputs[0] if mode == "map" else out):
