@@ -387,7 +387,7 @@ def test_golden_dump(name: str, golden) -> None:
     model, inputs = ZOO[name]()
     cm = npuc.compile(model, inputs)
     golden(f"{name}.captured.ir", print_graph(cm.stages["captured"]))
-    golden(f"{name}.lowered.ir", print_graph(cm.ir))
+    golden(f"{name}.lowered.ir", print_graph(cm.ir), digests=False)
 
 
 def test_golden_comparison_tolerates_only_float_rounding() -> None:
