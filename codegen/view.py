@@ -84,6 +84,7 @@ class StateBuffer:
     write: str  # pointer to the value each call leaves (in the arena)
     reset: str | None  # a constant array of the reset bytes; None: every byte is `fill`
     fill: int = 0
+    guard: str | None = None  # the steps that store (the others leave the slot as it is)
 
 
 @dataclass(frozen=True)
@@ -304,7 +305,8 @@ def build_view(graph: Graph, target_name: str = "unknown",
         guard = None if mask.all() else ctx.array(mask.astype(np.uint8), "npuc_u8")
         layers.append(Layer(index, node.op, c_text(node.loc or ""), f"npuc_layer{index}",
                             "\n".join(ctx.prelude + [body]), stages[node], guard))
-    states = tuple(_state_buffer(slot, state_offsets[slot.read], ctx) for slot in graph.state)
+    states = tuple(_state_buffer(slot, state_offsets[slot.read], ctx, activity.masks[slot.write])
+                   for slot in graph.state)
     step = None
     if activity.step is not None:
         if activity.step.op != "input":
@@ -318,13 +320,14 @@ def build_view(graph: Graph, target_name: str = "unknown",
                 tuple(ctx.arrays.values()), tuple(layers), ports_in, ports_out, states, step)
 
 
-def _state_buffer(slot: StateSlot, offset: int, ctx: Context) -> StateBuffer:
+def _state_buffer(slot: StateSlot, offset: int, ctx: Context, stores: np.ndarray) -> StateBuffer:
     reset = slot.reset_value()
     raw = np.frombuffer(reset.astype(reset.dtype.newbyteorder("<")).tobytes(), np.uint8)
     same = raw.size and (raw == raw[0]).all()
     return StateBuffer(c_text(slot.name), offset, slot.type.nbytes, ctx.ptr(slot.write),
                        None if same else ctx.array(raw, "npuc_u8", f"reset of {slot.name}"),
-                       int(raw[0]) if same else 0)
+                       int(raw[0]) if same else 0,
+                       None if stores.all() else ctx.array(stores.astype(np.uint8), "npuc_u8"))
 
 
 def _stage(graph: Graph, node: Node) -> str:

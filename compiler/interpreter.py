@@ -54,6 +54,7 @@ def interpret(graph: Graph, *inputs: object,
             raise TypeError(f"state {slot.name!r}: {kept.shape} {kept.dtype}, expected "
                             f"{slot.type.shape} {slot.type.dtype}")
         env[slot.read] = slot.reset_value() if kept is None else kept
+    reads = {slot: env[slot.read] for slot in graph.state}  # what an unchanged slot keeps
     activity = Activity(graph)
     nodes = graph.nodes
     if activity.step is not None:
@@ -69,7 +70,8 @@ def interpret(graph: Graph, *inputs: object,
             if i in computed:
                 remaining[i] += 1
     for root in graph.roots:
-        remaining[root] += 1
+        if root in computed:  # a state write a call leaves unchanged is not
+            remaining[root] += 1
     for node in nodes:
         if node.op in ("input", "state"):
             continue
@@ -93,8 +95,8 @@ def interpret(graph: Graph, *inputs: object,
                 if remaining[i] == 0:
                     del env[i]
     if state is not None:
-        for slot in graph.state:
-            state[slot.name] = np.array(env[slot.write])  # a copy: the next call's read
+        for slot in graph.state:  # a copy: the next call's read; unchanged ones keep theirs
+            state[slot.name] = np.array(env[slot.write] if slot.write in env else reads[slot])
     return tuple(env[o] for o in graph.outputs)
 
 

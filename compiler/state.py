@@ -7,6 +7,9 @@ needs its fresh operand only at the steps its schedule recomputes, its cached op
 the others, its step operand always. All `reuse` nodes of a graph must read the same step
 value, which the executor knows at the start of a call (a graph input, typically). Steps past
 the longest schedule behave like its end: everything recomputes there (index `horizon`).
+A state write that is not an output is needed only at the steps it changes its slot: where it
+picks the slot's own read (`unchanged_state`), the call leaves the slot as it is and stores
+nothing.
 """
 
 from __future__ import annotations
@@ -46,8 +49,13 @@ class Activity:
         """node -> bool array of horizon + 1 entries: computed at that step or not."""
         width = self.horizon + 1
         need: dict[Node, np.ndarray] = {n: np.zeros(width, bool) for n in self.graph.nodes}
+        outputs = set(self.graph.outputs)
         for root in self.graph.roots:
             need[root][:] = True
+        for slot in self.graph.state:  # a call that leaves a slot as it is stores nothing
+            if slot.write not in outputs:
+                need[slot.write] = np.array([not unchanged_state(slot, s)
+                                             for s in range(width)])
         for node in reversed(self.graph.nodes):
             mask = need[node]
             if not mask.any():
@@ -79,10 +87,10 @@ class Activity:
 
 def unchanged_state(slot: StateSlot, step: int) -> bool:
     """Whether a call at `step` leaves `slot` as it found it: its write is its read, through
-    `reuse` nodes that pick their cached operand at that step (nothing to store back)."""
+    `reuse` nodes that pick, at that step, an operand that is the read (nothing to store)."""
     node = slot.write
-    while node.op == "reuse" and not recomputes(node.attrs["recompute"], step):
-        node = node.inputs[1]
+    while node.op == "reuse":
+        node = node.inputs[0 if recomputes(node.attrs["recompute"], step) else 1]
     return node is slot.read
 
 

@@ -343,6 +343,9 @@ def calibrate(graph: Graph, calibration: list[tuple], kind: str, *, percentile: 
         interpret(graph, *inputs, observe=observe, state=state)
     ranges = {}
     for node, obs in observers.items():
+        if node.op == "reuse" and not _observed(obs):  # a cache store no call made: it
+            ranges[node] = ranges[node.inputs[0]]  # would have held its fresh value
+            continue
         lo, hi = obs.range()
         ranges[node] = (float(lo), float(hi))
     for slot in graph.state:
@@ -355,6 +358,14 @@ def calibrate(graph: Graph, calibration: list[tuple], kind: str, *, percentile: 
         ranges[node] = tuple(map(float, learned[keys[node]]))
     means = {layer: sums[layer] / max(counts[layer], 1) for layer in sums}
     return Stats(ranges, sampled, means, len(used), peaks)
+
+
+def _observed(observer: Observer) -> bool:
+    try:
+        observer.range()
+    except ValueError:
+        return False
+    return True
 
 
 def is_mask(node: Node) -> bool:

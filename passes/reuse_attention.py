@@ -8,7 +8,9 @@ After:  %c = state {name = "<loc>.map"}
         %r = reuse(%p, %c, %step) {recompute = [...]}      mode "map": the map is cached (as the
                                                            product reads it, after views)
         %o = matmul(%r, %v)
-        state "<loc>.map" = %r
+        %w = reuse(%r, %c, %step) {recompute = [...]}      stored only by a call whose next
+        state "<loc>.map" = %w                             call reuses: the others leave the
+                                                           cache as it is (no DRAM write)
 In mode "output" the attention output %o is cached instead (it holds far fewer bytes than the
 heads x N x N map, and a reusing call also skips the product with V).
 
@@ -29,9 +31,10 @@ schedule of their own, one 0/1 per call: how a searched policy is applied.
 
 Requires: a float graph with an integer scalar input `step`. Ensures: every attention found reads
 its map (or output) through a `reuse` whose schedule recomputes the first call; one state slot
-per attention, named after its module path; with "always", outputs identical to the input
-graph's at every call. Approximate otherwise: a reusing call reads what the last recomputing
-call left, so it is only as good as the maps are stable across calls.
+per attention, named after its module path, written only by the recomputing calls whose next
+call of the loop reuses (so "always" never touches its cache); with "always", outputs identical
+to the input graph's at every call. Approximate otherwise: a reusing call reads what the last
+recomputing call left, so it is only as good as the maps are stable across calls.
 """
 
 from __future__ import annotations
@@ -159,7 +162,12 @@ def reuse_attention(graph: Graph, ctx: PassContext, *, step: str = "t",
         read = state_read(name, node.type, where)
         kept = make("reuse", [node, read, step_node],
                     {"recompute": _table(per_call, timesteps)}, loc=where)
-        slots.append(StateSlot(read, kept))
+        # a call stores its value only when the next call of the loop reuses it: the cache
+        # keeps what it holds (no DRAM write) at every other call
+        stores = [int(per_call[i] and i + 1 < n and not per_call[i + 1]) for i in range(n)]
+        written = make("reuse", [kept, read, step_node],
+                       {"recompute": _table(stores, timesteps)}, loc=where)
+        slots.append(StateSlot(read, written))
         return kept
 
     result = rewrite(graph, cache, origin=True)
@@ -219,9 +227,11 @@ def layer_savings(cm, timesteps: Sequence[int]) -> dict[str, float]:  # noqa: AN
     costs = [r.latency_s for r in cm.simulate_calls(timesteps).reports]
     saved = {}
     for slot in cm.ir.state:
-        table = slot.write.attrs.get("recompute", ())
+        pickers = [n for n in cm.ir.nodes  # the reuse that picks the map, not the store's
+                   if n.op == "reuse" and n is not slot.write and n.inputs[1] is slot.read]
+        table = pickers[0].attrs["recompute"] if pickers else ()
         reusing = [i for i, t in enumerate(timesteps) if t < len(table) and not table[t]]
-        if slot.write.op == "reuse" and len(reusing) == 1:
+        if len(reusing) == 1:
             saved[slot.read.loc] = costs[0] - costs[reusing[0]]
     return saved
 

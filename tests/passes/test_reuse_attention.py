@@ -103,8 +103,10 @@ def test_per_layer_schedules_and_clear_errors() -> None:
     own = [1, 0, 1, 0, 0, 1]
     cached = npuc.passes.apply(graph, "reuse_attention", timesteps=times,
                                layers={soft.loc: own})
-    table = cached.state[0].write.attrs["recompute"]
+    write = cached.state[0].write
+    table, stores = write.inputs[0].attrs["recompute"], write.attrs["recompute"]
     assert [table[t] for t in times] == own
+    assert [stores[t] for t in times] == [1, 0, 1, 0, 0, 0]  # only before a reusing call
     assert sum(table) == len(table) - own.count(0)  # values no call takes recompute
     with pytest.raises(ValueError, match="matches no attention"):
         npuc.passes.apply(graph, "reuse_attention", timesteps=times, layers={"nope*": own})
@@ -213,3 +215,27 @@ def test_random_attention_is_found_and_always_is_exact(blocks: int, heads: int, 
     assert len(cached.state) == blocks and len({s.name for s in cached.state}) == blocks
     for got, want in zip(sequence(cached, calls), sequence(graph, calls), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.integers(0, 1), min_size=CALLS - 1, max_size=CALLS - 1))
+def test_a_call_stores_its_map_only_when_the_next_call_reuses_it(rest: list[int]) -> None:
+    """The cache changes (and the simulator counts a DRAM write) exactly at the recomputing
+    calls whose next call reuses; reads are counted at the reusing calls."""
+    from npuc.simulator import simulate
+
+    calls = loop_inputs()
+    torch.manual_seed(5)
+    graph = captured(Attention(), calls)
+    own = [1, *rest]
+    cached = npuc.passes.apply(graph, "reuse_attention", timesteps=timesteps_of(calls),
+                               layers={"*": own})
+    slot = cached.state[0]
+    nbytes, state = slot.type.nbytes, {slot.name: slot.reset_value()}
+    for i, call in enumerate(calls):
+        before = state[slot.name].copy()
+        interpret(cached, *call, state=state)
+        stores = own[i] and i + 1 < CALLS and not own[i + 1]
+        assert (not np.array_equal(before, state[slot.name])) == bool(stores)
+        report = simulate(cached, "npu-int8", step=timesteps_of(calls)[i], compare=False)
+        assert report.state_dram_bytes == nbytes * (int(bool(stores)) + (1 - own[i]))
