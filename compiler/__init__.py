@@ -12,7 +12,9 @@ from .errors import UnsupportedError
 from .frontend import capture
 from .interpreter import interpret
 from .ir import DType, Graph, Node, QuantParams, TensorType
+from .llm import CompiledLM, compile_lm
 
 __all__ = ["capture", "compile", "interpret", "summarize", "ir", "passes", "targets", "Graph",
-           "Node", "DType", "TensorType", "QuantParams", "CompiledModel", "UnsupportedError"]
+           "Node", "DType", "TensorType", "QuantParams", "CompiledModel", "UnsupportedError",
+           "CompiledLM", "compile_lm"]
 __version__ = "0.1.0"

@@ -21,19 +21,22 @@ Rule = Callable[..., Node | None]
 
 
 def rewrite(graph: Graph, fn: Rule, *, fixpoint: bool = False, max_sweeps: int = 32,
-            origin: bool = False) -> Graph:
-    """Apply `fn` to every node (see module docstring); returns a new Graph."""
+            origin: bool = False, seed: dict[Node, Node] | None = None) -> Graph:
+    """Apply `fn` to every node (see module docstring); returns a new Graph. `seed`: nodes
+    replaced before the sweep (an input by a state read), their readers rebuilt."""
     for _ in range(max_sweeps):
-        new, changed = _sweep(graph, fn, origin)
+        new, changed = _sweep(graph, fn, origin, seed or {})
+        seed = None
         if not (fixpoint and changed):
             return new
         graph = new
     return graph
 
 
-def _sweep(graph: Graph, fn: Rule, origin: bool) -> tuple[Graph, bool]:
-    mapping: dict[Node, Node] = {n: n for n in graph.inputs}
-    changed = False
+def _sweep(graph: Graph, fn: Rule, origin: bool,
+           seed: dict[Node, Node]) -> tuple[Graph, bool]:
+    mapping: dict[Node, Node] = {n: n for n in graph.inputs} | seed
+    changed = bool(seed)
     for node in graph.nodes:
         if node in mapping:
             continue

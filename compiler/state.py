@@ -19,7 +19,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .ir import Graph, GraphError, Node, StateSlot
+from .ir import Graph, GraphError, Node, StateSlot, state_read
 from .ops.state import recomputes
 
 
@@ -97,3 +97,32 @@ def unchanged_state(slot: StateSlot, step: int) -> bool:
 def step_value(array: np.ndarray) -> int:
     """The step index a call's step operand holds."""
     return int(np.asarray(array).reshape(-1)[0])
+
+
+def carry(graph: Graph, slots: dict[str, int], names: dict[str, str] | None = None) -> Graph:
+    """`graph` with state in place of explicit cache inputs and outputs: each input named in
+    `slots` becomes a `state` read (named `names[input]`, default the input's name), and the
+    output at `slots[input]` its write (no longer an output). How a model written with its
+    cache as arguments (a KV cache: the previous keys in, the updated keys out) becomes a
+    graph that keeps it between calls."""
+    from .rewrite import rewrite
+
+    by_name = {n.attrs["name"]: n for n in graph.inputs}
+    unknown = set(slots) - set(by_name)
+    if unknown:
+        raise GraphError(f"carry: no input named {', '.join(sorted(unknown))}; inputs: "
+                         f"{', '.join(by_name)}")
+    names = names or {}
+    reads = {by_name[name]: state_read(names.get(name, name), by_name[name].type)
+             for name in slots}
+    rebuilt = rewrite(graph, lambda n: None, seed=reads)
+    for name, out in slots.items():
+        if rebuilt.outputs[out].type != by_name[name].type:
+            raise GraphError(f"carry: state {name!r} is read as {by_name[name].type} but "
+                             f"written as {rebuilt.outputs[out].type}")
+    kept = [o for i, o in enumerate(rebuilt.outputs) if i not in set(slots.values())]
+    state = tuple(StateSlot(reads[by_name[name]], rebuilt.outputs[out])
+                  for name, out in slots.items())
+    meta = {k: v for k, v in rebuilt.meta.items() if k != "output_structure"}  # outputs went
+    return Graph(tuple(n for n in graph.inputs if n not in reads), tuple(kept), graph.name,
+                 meta, graph.state + state)

@@ -12,8 +12,9 @@ result approximates the float graph; `cm.compare` measures where it loses accura
 Three steps:
 1. `prepare` folds constants and rewrites the float graph exactly into forms with integer
    kernels: division by a constant becomes multiplication, other division a reciprocal times,
-   GLU a sigmoid gate, global adaptive pooling a mean, a batch_norm no layer absorbed a
-   per-channel multiply-add, and additive mask constants (-1e9, -3.4e38) become -inf.
+   a power with a constant exponent a unary `power` (a table), GLU a sigmoid gate, global
+   adaptive pooling a mean, a batch_norm no layer absorbed a per-channel multiply-add, and
+   additive mask constants (-1e9, -3.4e38) become -inf.
 2. Calibration runs the prepared graph on every calibration input with one observer per value
    (`npuc.quant.observers`); `plan` turns ranges into dtypes and parameters. Ops that only move
    data keep their input's parameters; a ReLU/ReLU6/clamp gives its range to a sole producer
@@ -72,6 +73,7 @@ def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
              int16_mac: tuple[str, ...] | list[str] | None = None,
              observers: dict[str, str] | None = None,
              activations: str | None = None, bias_correction: bool | None = None,
+             state_ranges: dict[str, tuple[float, float]] | None = None,
              progress: bool | None = None) -> Graph:
     """Calibrate and lower to integer-only ops (W8A8 by default; see the module docstring).
 
@@ -91,6 +93,9 @@ def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
     into its bias; None (default): measured, kept only if it lowers the output error on the
     first calibration batch (the means count every position, padded tokens a model ignores
     included, which can make it hurt: MiniLM with 4-bit weights).
+    state_ranges: {state name: (lo, hi)}, the range a state slot is stored with instead of the
+    one calibration sees: graphs that share a state (an LM's prefill and decode graphs, one KV
+    cache) must store it alike.
     """
     defaults: Mapping[str, Any] = getattr(ctx.target, "quantize", None) or {}
     observer = observer or defaults.get("observer", "minmax")
@@ -113,6 +118,8 @@ def quantize(graph: Graph, ctx: PassContext, *, observer: str | None = None,
     float_graph = prepare(graph)
     stats = calibrate(float_graph, calibration, observer, percentile=percentile,
                       progress=progress, by_op=by_op)
+    if state_ranges:
+        stats = _with_state_ranges(float_graph, stats, state_ranges)
     macs16 = frozenset(n for n in float_graph.nodes if n.op in mac_ops)
     specs = plan(float_graph, stats, wide_ops, everywhere=activations == "int16", also=macs16)
     wide_gemms = activations == "int16" or macs16
@@ -223,6 +230,9 @@ def prepare(graph: Graph) -> Graph:
             if y.is_const:
                 return make("mul", [x, const(np.float32(1) / y.data, loc=y.loc)], loc=node.loc)
             return make("mul", [x, make("reciprocal", [y], loc=node.loc)], loc=node.loc)
+        if node.op == "pow" and node.dtype.is_float and _scalar(node.inputs[1]) is not None:
+            return make("power", node.inputs[:1], {"exponent": _scalar(node.inputs[1])},
+                        loc=node.loc)
         if node.op == "glu":
             return _glu(node)
         if node.op == "batch_norm":  # one that no layer absorbed: a per-channel affine
@@ -239,6 +249,14 @@ def prepare(graph: Graph) -> Graph:
     from npuc.pipeline import apply
 
     return rewrite(apply(graph, "fold_constants"), rule)  # constant operands need no kernel
+
+
+def _scalar(node: Node) -> float | None:
+    """The one value a constant holds (None for a non-constant or one of several values)."""
+    if not node.is_const or node.attrs.get("data") is None:
+        return None
+    values = np.unique(node.data)
+    return float(values[0]) if values.size == 1 else None
 
 
 def _glu(node: Node) -> Node:
@@ -424,6 +442,19 @@ def _params(lo: float, hi: float, dtype: DType) -> Spec:
     if not hi - lo > 0:  # all zero (or no finite data): any scale represents it exactly
         lo, hi = 0.0, MIN_RANGE
     return Spec(dtype, arith.qparams(lo, hi, dtype, symmetric=dtype == DType.I16))
+
+
+def _with_state_ranges(graph: Graph, stats: Stats,
+                       given: Mapping[str, tuple[float, float]]) -> Stats:
+    slots = {s.name: s for s in graph.state}
+    unknown = set(given) - set(slots)
+    if unknown:
+        raise ValueError(f"quantize: state_ranges names no state slot: "
+                         f"{', '.join(sorted(unknown))}; slots: {', '.join(slots) or 'none'}")
+    ranges = dict(stats.ranges)
+    for name, (lo, hi) in given.items():
+        ranges[slots[name].read] = ranges[slots[name].write] = (float(lo), float(hi))
+    return dataclasses.replace(stats, ranges=ranges)
 
 
 def _warn_tiny(node: Node, lo: float, hi: float, peak: float | None) -> None:

@@ -172,6 +172,8 @@ ATTR_STRATEGIES: dict[str, Callable[[], st.SearchStrategy[dict[str, Any]]]] = {
     "clamp": _clamp_attrs,
     "leaky_relu": lambda: st.fixed_dictionaries(
         {"alpha": st.one_of(st.just(0.01), st.floats(-0.5, 0.5, width=32))}),
+    "power": lambda: st.fixed_dictionaries(
+        {"exponent": st.sampled_from([2.0, 3.0, 0.5, -1.0, 1.5])}),
 }
 
 # Elementwise ops on booleans only (they type-check on floats but mean nothing there).
@@ -215,7 +217,8 @@ def _float_semantics(op: str, arity: int) -> str | None:
 
 # Legal attributes for ops whose required attributes have no declared choices, so that the op
 # table can be asked what the op does with floats.
-_PROBE_ATTRS: dict[str, dict[str, Any]] = {"clamp": {"min": -1.0, "max": 1.0}}
+_PROBE_ATTRS: dict[str, dict[str, Any]] = {"clamp": {"min": -1.0, "max": 1.0},
+                                           "power": {"exponent": 2.0}}
 
 
 def _probe_attrs(op: str) -> dict[str, Any]:
@@ -469,7 +472,9 @@ def layer_norm_layer(draw: st.DrawFn, x: Value, pool: Pool = (),
     ndim = draw(st.integers(1, min(x.rank, 3)))
     shape = x.shape[x.rank - ndim:]
     params, g, b = _affine_params(draw, shape, loc)
-    node = make("layer_norm", [x.node, *params], {"ndim": ndim, "eps": draw(_eps())}, loc)
+    rms = draw(st.booleans())  # RMSNorm: no centring
+    node = make("layer_norm", [x.node, *params],
+                {"ndim": ndim, "eps": draw(_eps()), "rms": rms or None}, loc)
     # A normalised value is at most sqrt(count) in magnitude.
     return Value(node, math.sqrt(math.prod(shape)) * g + b)
 
@@ -1195,6 +1200,16 @@ def _t_layer_norm(c: _TorchCtx) -> _Built:
     nn = _torch().nn
     ndim = c.draw(st.integers(1, min(2, len(c.shape))))
     return c.module(_norm_stats(nn.LayerNorm(c.shape[-ndim:]), c.gen))
+
+
+@_torch_layer("rms_norm")
+def _t_rms_norm(c: _TorchCtx) -> _Built:
+    """Llama's hand-written RMSNorm (fold_norms makes it one layer_norm {rms})."""
+    torch = _torch()
+    gain = torch.rand(c.shape[-1], generator=c.gen) + 0.5
+    eps = c.draw(st.sampled_from([1e-6, 1e-5]))
+    return c.fn(lambda t: gain * (t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + eps)),
+                "rms_norm")
 
 
 @_torch_layer("reduce", lambda s: len(s) >= 2)

@@ -23,8 +23,8 @@ def test_compile_keeps_every_stage() -> None:
     model, inputs = ZOO["attention_block"]()
     cm = npuc.compile(model, inputs, target="npu-int8", debug=True)
     assert list(cm.stages) == ["captured", "fold_constants", "fold_batchnorm", "merge_branches",
-                               "merge_linear", "remove_noops", "cse", "dce", "smoothquant",
-                               "quantize", "cse#2", "dce#2", "lowered"]
+                               "merge_linear", "remove_noops", "fold_norms", "cse", "dce",
+                               "smoothquant", "quantize", "cse#2", "dce#2", "lowered"]
     assert cm.ir is cm.stages["lowered"]
     with torch.no_grad():
         want = model(*inputs).numpy()
@@ -273,10 +273,10 @@ def test_cli_compile_writes_stages_and_checks(tmp_path: Path) -> None:
     assert "MACs: " in result.stdout and "qconv 1" in result.stdout
     assert "OK" in result.stdout.splitlines()[-1]
     dumps = sorted(p.name for p in (tmp_path / "dumps").iterdir())
-    assert dumps[0] == "00_captured.ir" and dumps[-1] == "12_lowered.ir"
+    assert dumps[0] == "00_captured.ir" and dumps[-1] == "13_lowered.ir"
     text = (tmp_path / "dumps" / "00_captured.ir").read_text()
     assert str(npuc.ir.parse(text)) == text
-    lowered = (tmp_path / "dumps" / "12_lowered.ir").read_text()
+    lowered = (tmp_path / "dumps" / "13_lowered.ir").read_text()
     assert "batch_norm" in text and "batch_norm" not in lowered and "qconv" in lowered
     heads = npuc_cli("compile", "net.py:dict_heads", "--check", cwd=tmp_path)
     assert heads.returncode == 0, heads.stderr

@@ -19,7 +19,6 @@ from ..ir import Attrs, DType, TensorType
 from . import (
     INTEGER,
     NO_MIRROR,
-    NOT_QUANTIZABLE,
     REWRITTEN,
     AttrSpec,
     IntegerForm,
@@ -167,6 +166,8 @@ _unary("elu", lambda x, a: np.float32(a["scale"]) * np.where(
 _unary("sqrt", lambda x, a: np.sqrt(x), "square root", lambda a, x: torch.sqrt(x))
 _unary("rsqrt", lambda x, a: 1 / np.sqrt(x), "1 / sqrt(x)", lambda a, x: torch.rsqrt(x))
 _unary("reciprocal", lambda x, a: 1 / x, "1 / x", lambda a, x: torch.reciprocal(x))
+_unary("power", lambda x, a: np.power(x, np.float32(a["exponent"])), "x ** exponent",
+       lambda a, x: torch.pow(x, a["exponent"]), exponent=AttrSpec("float"))
 _unary("erf", lambda x, a: erf(x), "the error function", lambda a, x: torch.erf(x))
 _unary("neg", lambda x, a: -x, "-x", lambda a, x: -x, infer=numeric_type)
 _unary("abs", lambda x, a: np.abs(x), "|x|", lambda a, x: torch.abs(x), infer=numeric_type)
@@ -210,7 +211,7 @@ _binary("mul", np.multiply, "a * b", lambda a, x, y: x * y, integer=lowers("qmul
 _binary("div", _int_div, "a / b (floor division for integers)", _div_mirror, numeric_type,
         REWRITTEN)  # a multiplication by a constant's reciprocal, or by a reciprocal table
 _binary("pow", np.power, "a ** b", lambda a, x, y: torch.pow(x, y), numeric_type,
-        NOT_QUANTIZABLE)
+        REWRITTEN)  # a constant exponent: `power`, a table
 _binary("maximum", np.maximum, "elementwise max", lambda a, x, y: torch.maximum(x, y))
 _binary("minimum", np.minimum, "elementwise min", lambda a, x, y: torch.minimum(x, y))
 _binary("eq", np.equal, "a == b", lambda a, x, y: x == y, compare_type)

@@ -242,11 +242,13 @@ def batch_norm(attrs: Attrs, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     return ((x - mean.reshape(shape)) * inv + beta.reshape(shape)).astype(x.dtype, copy=False)
 
 
-def _normalise(x: np.ndarray, axes: tuple[int, ...], eps: float) -> np.ndarray:
+def _normalise(x: np.ndarray, axes: tuple[int, ...], eps: float,
+               centre: bool = True) -> np.ndarray:
     """(x - mean) / sqrt(var + eps), the statistics accumulated in float64 and rounded to x's
-    dtype, so a constant group centres to exact zeros (as PyTorch's Welford statistics do)."""
+    dtype, so a constant group centres to exact zeros (as PyTorch's Welford statistics do).
+    Without `centre`, x / sqrt(mean(x^2) + eps): RMSNorm."""
     mean = x.mean(axis=axes, keepdims=True, dtype=np.float64).astype(x.dtype)
-    centred = x - mean
+    centred = x - mean if centre else x
     var = np.square(centred, dtype=np.float64).mean(axis=axes, keepdims=True).astype(x.dtype)
     return centred / np.sqrt(var + np.float32(eps))
 
@@ -257,15 +259,25 @@ def _layer_norm_shape(x: TensorType, attrs: Attrs) -> tuple[int, ...]:
     return x.shape[-attrs["ndim"]:]
 
 
+def _norm_mirror(a: Attrs, x: torch.Tensor, g: torch.Tensor | None = None,
+                 b: torch.Tensor | None = None) -> torch.Tensor:
+    shape = x.shape[x.ndim - a["ndim"]:]
+    if not a.get("rms"):
+        return F.layer_norm(x, shape, g, b, a["eps"])
+    y = F.rms_norm(x, shape, g, a["eps"])
+    return y if b is None else y + b
+
+
 @defop("layer_norm", (1, 3), _norm_type("layer_norm", _layer_norm_shape),
-       category="nn", attrs={"ndim": AttrSpec("int", 1, min=1), "eps": AttrSpec("float", 1e-5)},
-       integer=lowers("qlayer_norm", "requantize"), cost=vector(1),
-       mirror=lambda a, x, g=None, b=None: F.layer_norm(x, x.shape[x.ndim - a["ndim"]:], g, b,
-                                                        a["eps"]))
+       category="nn", attrs={"ndim": AttrSpec("int", 1, min=1), "eps": AttrSpec("float", 1e-5),
+                             "rms": AttrSpec("bool", None)},
+       integer=lowers("qlayer_norm", "requantize"), cost=vector(1), mirror=_norm_mirror)
 def layer_norm(attrs: Attrs, x: np.ndarray, gamma: np.ndarray | None = None,
                beta: np.ndarray | None = None) -> np.ndarray:
-    """Normalise over the last `ndim` axes (biased variance), then * gamma + beta."""
-    y = _normalise(x, tuple(range(x.ndim - attrs["ndim"], x.ndim)), attrs["eps"])
+    """Normalise over the last `ndim` axes (biased variance), then * gamma + beta; with `rms`,
+    divide by the root mean square instead (RMSNorm: no centring)."""
+    y = _normalise(x, tuple(range(x.ndim - attrs["ndim"], x.ndim)), attrs["eps"],
+                   not attrs.get("rms"))
     if gamma is not None:
         y = y * gamma
     if beta is not None:

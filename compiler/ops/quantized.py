@@ -445,10 +445,12 @@ def _norm_type(types: list[TensorType], attrs: Attrs) -> TensorType:
 def normalise(node: Node, x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """Integer (x - mean) / sqrt(var + eps) over `axes`, in Q16 (int64): x in Q6 input steps, mean
     and variance divided with rounding, eps in Q12 squared steps (at most EPS_MAX), the standard
-    deviation by integer sqrt in Q8."""
+    deviation by integer sqrt in Q8. With the `rms` attribute, x itself over its root mean square
+    (no centring)."""
     xc = _centred(node, 0, x) << MEAN_BITS
     n = math.prod(x.shape[a] for a in axes)
-    d = xc - arith.divide_rounded(xc.sum(axis=axes, keepdims=True), n)
+    d = xc if node.attrs.get("rms") else xc - arith.divide_rounded(xc.sum(axis=axes,
+                                                                         keepdims=True), n)
     var = arith.divide_rounded((d * d).sum(axis=axes, keepdims=True), n)
     eps = round(node.attrs["eps"] * (1 << 2 * MEAN_BITS) / per_tensor(node.inputs[0].type)[0] ** 2)
     std = np.maximum(arith.isqrt((var + min(eps, EPS_MAX)) << (2 * (STD_BITS - MEAN_BITS))), 1)
@@ -467,7 +469,8 @@ def affine_out(node: Node, norm: np.ndarray, mult: np.ndarray, shift: np.ndarray
 
 
 @intop("qlayer_norm", 4, quantized(_norm_type, 0), category="nn", cost=vector(10), typed=True,
-       attrs={"ndim": AttrSpec("int", 1, min=1), "eps": AttrSpec("float", 1e-5), **_dtype_attr()})
+       attrs={"ndim": AttrSpec("int", 1, min=1), "eps": AttrSpec("float", 1e-5),
+              "rms": AttrSpec("bool", None), **_dtype_attr()})
 def qlayer_norm(node: Node, x: np.ndarray, mult: np.ndarray, shift: np.ndarray,
                 bias: np.ndarray) -> np.ndarray:
     """Integer layer norm over the last `ndim` axes (see `normalise`), then per-element gamma and
