@@ -239,7 +239,9 @@ def compile_lm(model: torch.nn.Module, target: Any = "npu-int8", *, prompt_len: 
 
     calibration: token-id sequences (real text); the prefill graph calibrates on their first
     `prompt_len` tokens, the decode graph on up to `decode_calibration` of their tokens, one
-    call per token. passes: options for the target pipeline's passes ({"quantize": {...}})."""
+    call per token. passes: options for the target pipeline's passes ({"quantize": {...}}); by
+    default quantize keeps products ("mul") int16 into the next GEMM, beside the target's own
+    int16 ops."""
     from npuc import targets
 
     target = targets.get(target)
@@ -249,11 +251,18 @@ def compile_lm(model: torch.nn.Module, target: Any = "npu-int8", *, prompt_len: 
     dec_calls = dec_calls[:decode_calibration]
     options = {k: dict(v) for k, v in (passes or {}).items()}
     if "quantize" in target.pipeline:
+        # products stay int16 into the next GEMM (16x8 MACs): the gated MLP's silu(gate) * up,
+        # the down projection's input, carries the outliers 8 bits lose (SmolLM2 W8A8 answers
+        # like fp32 with it, not without)
+        defaults = getattr(target, "quantize", None) or {}
+        quant = options.setdefault("quantize", {})
+        for key in ("int16", "int16_mac"):
+            quant.setdefault(key, [*defaults.get(key, ()), "mul"])
         ranges = state_ranges(decode_graph, dec_calls)
         for name, (lo, hi) in state_ranges(prefill_graph, pre_calls).items():
             a, b = ranges.get(name, (lo, hi))
             ranges[name] = (min(a, lo), max(b, hi))
-        options.setdefault("quantize", {})["state_ranges"] = ranges
+        quant["state_ranges"] = ranges
     pre = compile(prefill_graph, target=target, calibration=pre_calls, passes=options or None)
     dec = compile(decode_graph, target=target, calibration=dec_calls, passes=options or None)
     return CompiledLM(pre, dec, prompt_len, max_len)
