@@ -218,6 +218,17 @@ class Node:
         return data
 
     @property
+    def splat(self) -> float | None:
+        """The one value every element of a constant holds (None for a non-constant, an empty
+        one, one without loaded data, or one of several values): a scalar operand like eps."""
+        if not self.is_const or self.attrs.get("data") is None:
+            return None
+        data = self.data
+        if data.size == 0 or (data != data.flat[0]).any():
+            return None
+        return float(data.flat[0])
+
+    @property
     def stored_nbytes(self) -> int:
         """Bytes a constant takes as stored (packed codes and LUT for an encoded one; the
         logical size when its data was not loaded); a value's logical bytes otherwise."""

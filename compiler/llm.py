@@ -1,7 +1,7 @@
 """Causal language models with a KV cache: a prefill graph and a decode-step graph that share the
 cache as state (`npuc.state`, the mechanism attention-map reuse uses), and greedy generation.
 
-    lm = npuc.llm.compile_lm(model, target="npu-int8", prompt_len=32, max_len=128,
+    lm = npuc.compile_lm(model, target="npu-int8", prompt_len=32, max_len=128,
                              calibration=[ids1, ids2, ...])        # token-id sequences
     lm.generate(input_ids, max_new_tokens=16)                      # integer graphs, greedy
     print(lm.simulate())                                           # TTFT, ms/token, tokens/s
@@ -18,6 +18,7 @@ graph takes one token and its position. Rotary tables are constants indexed by t
 
 Both graphs store the cache with one set of parameters: its range is measured on the float
 graphs over the calibration sequences, then given to both quantize passes (`state_ranges`).
+Products stay int16 into the next GEMM unless `passes` says otherwise (see `compile_lm`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .driver import CompiledModel, compile
+from .driver import CompiledModel, compile, summarize
 from .frontend import capture
 from .interpreter import interpret
 from .ir import Graph
@@ -40,10 +41,10 @@ from .state import carry
 class LlamaStep(torch.nn.Module):
     """One call of a Llama-family causal LM with its KV cache as explicit arguments.
 
-    prefill (`tokens` > 1): forward(ids (1, tokens), count (1,), *cache) -> (logits of token
-    count - 1 (1, vocab), *cache'), positions 0..tokens-1.
-    decode (`tokens` == 1): forward(ids (1, 1), pos (1,), *cache) -> (logits (1, vocab),
-    *cache'), the token at position pos.
+    prefill (`tokens` > 1): forward(ids (1, tokens), where (1,), *cache) -> (logits of token
+    where - 1 (1, vocab), *cache'): `where` counts the real tokens, at positions 0..tokens-1.
+    decode (`tokens` == 1): forward(ids (1, 1), where (1,), *cache) -> (logits (1, vocab),
+    *cache'): `where` is the token's position.
     cache: per layer, keys then values, (1, kv_heads, max_len, head_dim) each.
     """
 
@@ -118,7 +119,7 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + rotated * sin
 
 
-def step_graph(model: torch.nn.Module, tokens: int, max_len: int) -> tuple[Graph, LlamaStep]:
+def step_graph(model: torch.nn.Module, tokens: int, max_len: int) -> Graph:
     """The captured float graph of `LlamaStep(model, tokens, max_len)`, its cache as state
     slots named "<layer>.k" / "<layer>.v" (shared by the prefill and decode graphs)."""
     step = LlamaStep(model, tokens, max_len).eval()
@@ -130,7 +131,7 @@ def step_graph(model: torch.nn.Module, tokens: int, max_len: int) -> tuple[Graph
     names = [n.attrs["name"] for n in graph.inputs[2:]]
     slots = {name: 1 + i for i, name in enumerate(names)}
     return carry(graph, slots, {name: f"lm.model.layers.{i // 2}.{'kv'[i % 2]}"
-                                for i, name in enumerate(names)}), step
+                                for i, name in enumerate(names)})
 
 
 @dataclass(frozen=True)
@@ -197,10 +198,9 @@ class CompiledLM:
 
     def simulate(self) -> LMReport:
         pre, dec = self.prefill.simulate(), self.decode.simulate()
-        consts = [n for n in self.decode.ir.nodes if n.is_const]
         return LMReport(self.decode.target.name, pre.latency_s, dec.latency_s, pre.energy_j,
                         dec.energy_j, sum(s.type.nbytes for s in self.decode.ir.state),
-                        sum(n.stored_nbytes for n in consts))
+                        summarize(self.decode.ir).weight_bytes)
 
 
 def calibration_calls(sequences: Sequence[Sequence[int]], prompt_len: int,
@@ -245,8 +245,8 @@ def compile_lm(model: torch.nn.Module, target: Any = "npu-int8", *, prompt_len: 
     from npuc import targets
 
     target = targets.get(target)
-    prefill_graph, _ = step_graph(model, prompt_len, max_len)
-    decode_graph, _ = step_graph(model, 1, max_len)
+    prefill_graph = step_graph(model, prompt_len, max_len)
+    decode_graph = step_graph(model, 1, max_len)
     pre_calls, dec_calls = calibration_calls(calibration, prompt_len, max_len)
     dec_calls = dec_calls[:decode_calibration]
     options = {k: dict(v) for k, v in (passes or {}).items()}

@@ -21,16 +21,9 @@ from npuc.pipeline import PassContext, plural, register_pass
 from npuc.rewrite import rewrite
 
 
-def _scalar(node: Node) -> float | None:
-    data = node.attrs.get("data") if node.is_const else None
-    if data is None or data.size == 0 or (data != data.flat[0]).any():
-        return None
-    return float(data.flat[0])
-
-
 def _squared(node: Node) -> Node | None:
     """x when `node` is x ** 2 or x * x."""
-    if node.op == "pow" and _scalar(node.inputs[1]) == 2.0:
+    if node.op == "pow" and node.inputs[1].splat == 2.0:
         return node.inputs[0]
     if node.op == "mul" and node.inputs[0] is node.inputs[1]:
         return node.inputs[0]
@@ -42,7 +35,7 @@ def _mean_square(node: Node) -> tuple[Node, float] | None:
     if node.op != "add":
         return None
     for mean, eps in (node.inputs, node.inputs[::-1]):
-        value = _scalar(eps)
+        value = eps.splat
         if value is None or mean.op != "mean" or not mean.attrs["keepdim"]:
             continue
         x = _squared(mean.inputs[0])
@@ -82,12 +75,15 @@ def _gain(graph: Graph, node: Node, original: Node) -> Node | None:
     return None
 
 
+def _rms_norms(graph: Graph) -> int:
+    return sum(n.op == "layer_norm" and bool(n.attrs.get("rms")) for n in graph.nodes)
+
+
 @register_pass("fold_norms")
 def fold_norms(graph: Graph, ctx: PassContext) -> Graph:
     """Fold hand-written RMSNorms into `layer_norm {rms}` with their gains."""
     normed = rewrite(graph, _rms_norm)
     result = rewrite(normed, lambda n, o: _gain(normed, n, o), origin=True)
-    count = sum(n.op == "layer_norm" and n.attrs.get("rms") is True for n in result.nodes) \
-        - sum(n.op == "layer_norm" and n.attrs.get("rms") is True for n in graph.nodes)
+    count = _rms_norms(result) - _rms_norms(graph)
     ctx.note(f"fold_norms: {plural(count, 'RMSNorm')} folded")
     return result

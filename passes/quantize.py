@@ -230,8 +230,8 @@ def prepare(graph: Graph) -> Graph:
             if y.is_const:
                 return make("mul", [x, const(np.float32(1) / y.data, loc=y.loc)], loc=node.loc)
             return make("mul", [x, make("reciprocal", [y], loc=node.loc)], loc=node.loc)
-        if node.op == "pow" and node.dtype.is_float and _scalar(node.inputs[1]) is not None:
-            return make("power", node.inputs[:1], {"exponent": _scalar(node.inputs[1])},
+        if node.op == "pow" and node.dtype.is_float and node.inputs[1].splat is not None:
+            return make("power", node.inputs[:1], {"exponent": node.inputs[1].splat},
                         loc=node.loc)
         if node.op == "glu":
             return _glu(node)
@@ -249,14 +249,6 @@ def prepare(graph: Graph) -> Graph:
     from npuc.pipeline import apply
 
     return rewrite(apply(graph, "fold_constants"), rule)  # constant operands need no kernel
-
-
-def _scalar(node: Node) -> float | None:
-    """The one value a constant holds (None for a non-constant or one of several values)."""
-    if not node.is_const or node.attrs.get("data") is None:
-        return None
-    values = np.unique(node.data)
-    return float(values[0]) if values.size == 1 else None
 
 
 def _glu(node: Node) -> Node:

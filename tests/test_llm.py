@@ -108,8 +108,8 @@ def test_a_constant_power_lowers_to_a_table_and_runs_bit_exact_in_c(tmp_path: Pa
 def test_prefill_then_decode_equals_the_full_forward_pass() -> None:
     model = tiny_llama()
     prompt, max_len, total = 6, 16, 12
-    pre, _ = step_graph(model, prompt, max_len)
-    dec, _ = step_graph(model, 1, max_len)
+    pre = step_graph(model, prompt, max_len)
+    dec = step_graph(model, 1, max_len)
     assert [s.name for s in pre.state] == [s.name for s in dec.state] == [
         f"lm.model.layers.{i}.{kv}" for i in range(2) for kv in "kv"]
     ids = torch.randint(0, 96, (1, total), generator=torch.Generator().manual_seed(1))
@@ -188,7 +188,7 @@ def test_the_simulator_reports_prefill_and_decode(tiny_lm: tuple) -> None:
 
 
 def test_carry_names_what_is_wrong() -> None:
-    g, _ = step_graph(tiny_llama(1), 1, 8)
+    g = step_graph(tiny_llama(1), 1, 8)
     with pytest.raises(GraphError, match="no input named"):
         carry(g, {"nope": 0})
     with pytest.raises(GraphError, match="read as"):
@@ -202,7 +202,7 @@ def test_a_two_layer_slice_of_smollm2_matches_transformers_and_lowers_integer_on
     ids = tokenizer()(PROMPT).input_ids
     with torch.no_grad():
         full = model(torch.tensor([ids])).logits[0].numpy()
-    pre, _ = step_graph(model, 8, 16)
+    pre = step_graph(model, 8, 16)
     padded = np.zeros((1, 8), np.int64)
     padded[0, :len(ids)] = ids
     (logits,) = npuc.interpret(pre, padded, np.array([len(ids)]), state={})
