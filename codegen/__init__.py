@@ -19,9 +19,9 @@ from typing import Any
 from npuc.ir import Graph
 
 from .render import write_project
-from .view import View, build_view
+from .view import View, build_program, build_view
 
-__all__ = ["View", "build_view", "emit_c", "write_project"]
+__all__ = ["View", "build_program", "build_view", "emit_c", "emit_program", "write_project"]
 
 
 def emit_c(graph: Graph, out_dir: str | Path, *, target: Any = None,
@@ -31,3 +31,13 @@ def emit_c(graph: Graph, out_dir: str | Path, *, target: Any = None,
     view = build_view(graph, target_name=getattr(target, "name", target or "unknown"),
                       pipeline=tuple(pipeline))
     return write_project(view, Path(out_dir))
+
+
+def emit_program(graphs: dict[str, Graph], out_dir: str | Path, *, main: str, target: Any = None,
+                 pipeline: tuple[str, ...] = (), **params: Any) -> Path:
+    """Write one C project running several graphs (`build_program`: entry `npuc_<name>_run`
+    per graph, shared constants and state), its main program rendered from
+    `templates/<main>.j2` with `params` (e.g. "generate.c": an LM's token loop)."""
+    view = build_program(graphs, target_name=getattr(target, "name", target or "unknown"),
+                         pipeline=tuple(pipeline))
+    return write_project(view, Path(out_dir), main, **params)

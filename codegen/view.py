@@ -76,14 +76,23 @@ class Layer:
 
 @dataclass(frozen=True)
 class StateBuffer:
-    """One state slot in the static state region."""
+    """One state slot in the static state region (shared by every entry that names it)."""
 
     name: str  # safe in a C comment
     offset: int
     nbytes: int
-    write: str  # pointer to the value each call leaves (in the arena)
     reset: str | None  # a constant array of the reset bytes; None: every byte is `fill`
     fill: int = 0
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where one entry's call leaves a state slot's next value."""
+
+    name: str  # the slot's, safe in a C comment
+    offset: int
+    nbytes: int
+    write: str  # pointer to the value the call leaves (in the arena)
     guard: str | None = None  # the steps that store (the others leave the slot as it is)
 
 
@@ -115,17 +124,33 @@ class Port:
 
 
 @dataclass(frozen=True)
+class Entry:
+    """One graph's functions in a C project: `{prefix}run`, `{prefix}run_int`, its sizes as
+    `{PREFIX}NUM_INPUTS`, ... A project of one graph has the one entry "npuc_"; a program of
+    several (an LM's prefill and decode) one per graph, all on one arena, one state region and
+    one table of constants."""
+
+    prefix: str
+    layers: tuple[Layer, ...]
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+    stores: tuple[Store, ...] = ()
+    step: Step | None = None
+
+    @property
+    def macro(self) -> str:
+        return self.prefix.upper()
+
+
+@dataclass(frozen=True)
 class View:
     target: str
     pipeline: tuple[str, ...]
     arena_bytes: int
     arena_lower_bound: int
     arrays: tuple[Array, ...]
-    layers: tuple[Layer, ...]
-    inputs: tuple[Port, ...]
-    outputs: tuple[Port, ...]
+    entries: tuple[Entry, ...]
     states: tuple[StateBuffer, ...] = ()
-    step: Step | None = None
 
     @property
     def state_bytes(self) -> int:
@@ -134,6 +159,10 @@ class View:
     @property
     def weight_bytes(self) -> int:
         return sum(a.nbytes for a in self.arrays)
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        return tuple(layer for e in self.entries for layer in e.layers)
 
 
 @dataclass(frozen=True)
@@ -148,11 +177,12 @@ class Context:
     """What a kernel lowering may ask of the emitter while lowering one node."""
 
     def __init__(self, offsets: dict[Node, int], arena_bytes: int,
-                 state_offsets: dict[Node, int] | None = None) -> None:
+                 state_offsets: dict[Node, int] | None = None,
+                 arrays: dict[tuple[str, str], Array] | None = None) -> None:
         self.offsets = offsets
         self.state_offsets = state_offsets or {}
         self.arena_bytes = arena_bytes
-        self.arrays: dict[tuple[str, str], Array] = {}
+        self.arrays: dict[tuple[str, str], Array] = {} if arrays is None else arrays
         self.names: dict[Node, str] = {}
         self.scratch_bytes = 0  # the most any layer used past the plan
         self._scratch = 0  # used by the current layer
@@ -278,21 +308,55 @@ def check_integer(graph: Graph) -> None:
 
 def build_view(graph: Graph, target_name: str = "unknown",
                pipeline: tuple[str, ...] = ()) -> View:
-    """The view model of `graph` (see the module docstring)."""
+    """The view model of `graph` (see the module docstring): one entry, "npuc_"."""
+    return build_program({"": graph}, target_name, pipeline)
+
+
+def build_program(graphs: dict[str, Graph], target_name: str = "unknown",
+                  pipeline: tuple[str, ...] = ()) -> View:
+    """The view model of several graphs in one project: entry "npuc_<name>_" per graph ("npuc_"
+    for the name ""). They share the constants (identical arrays stored once), one arena (as
+    large as the largest needs: calls never overlap) and the state region, a slot per name
+    across all of them (a KV cache the prefill graph writes and the decode graph reads)."""
+    layout: dict[str, StateSlot] = {}
+    for graph in graphs.values():
+        check_integer(graph)
+        for slot in graph.state:
+            seen = layout.setdefault(slot.name, slot)
+            if seen.type != slot.type or not np.array_equal(seen.reset_value(),
+                                                            slot.reset_value()):
+                raise UnsupportedError(f"state slot {slot.name!r} is {seen.type} in one graph and "
+                                       f"{slot.type} in another", stage="emit-c",
+                                       hint="graphs sharing state must store it alike")
+    offsets, at = {}, 0
+    for name, slot in layout.items():
+        offsets[name] = at
+        at += -(-slot.type.nbytes // ALIGN) * ALIGN
+    arrays: dict[tuple[str, str], Array] = {}
+    entries, arena, lower_bound = [], 0, 0
+    for name, graph in graphs.items():
+        entry, ctx, plan = _entry(graph, f"npuc_{name}_" if name else "npuc_", offsets, arrays)
+        entries.append(entry)
+        arena = max(arena, plan.arena + ctx.scratch_bytes)
+        lower_bound = max(lower_bound, plan.lower_bound)
+    ctx = Context({}, 0, {}, arrays)
+    states = tuple(_state_buffer(slot, offsets[name], ctx) for name, slot in layout.items())
+    return View(target_name, pipeline, arena, lower_bound, tuple(arrays.values()),
+                tuple(entries), states)
+
+
+def _entry(graph: Graph, prefix: str, state_at: dict[str, int],
+           arrays: dict[tuple[str, str], Array]) -> tuple[Entry, Context, _Plan]:
     from .kernels import lower
 
-    check_integer(graph)
     nodes = [n for n in graph.nodes if not n.is_const and n.op != "state"]
     stages = {n: _stage(graph, n) for n in nodes}
     # the order the C runs them in: npuc_run writes every input first, then runs the entry
     # layers, the body and the exit layers; the memory plan must see that same order
     order = [n for s in ("input", "entry", "body", "exit") for n in nodes if stages[n] == s]
     plan = _plan(graph, order)
-    state_offsets, at = {}, 0
-    for slot in graph.state:
-        state_offsets[slot.read] = at
-        at += -(-slot.type.nbytes // ALIGN) * ALIGN
-    ctx = Context(plan.offsets, plan.arena, state_offsets)
+    ctx = Context(plan.offsets, plan.arena, {s.read: state_at[s.name] for s in graph.state},
+                  arrays)
     activity = Activity(graph)
     inputs = [n for n in order if n.op == "input"]
     layers = []
@@ -303,10 +367,14 @@ def build_view(graph: Graph, target_name: str = "unknown",
         body = lower(node, ctx)
         mask = activity.masks[node]
         guard = None if mask.all() else ctx.array(mask.astype(np.uint8), "npuc_u8")
-        layers.append(Layer(index, node.op, c_text(node.loc or ""), f"npuc_layer{index}",
+        layers.append(Layer(index, node.op, c_text(node.loc or ""), f"{prefix}layer{index}",
                             "\n".join(ctx.prelude + [body]), stages[node], guard))
-    states = tuple(_state_buffer(slot, state_offsets[slot.read], ctx, activity.masks[slot.write])
-                   for slot in graph.state)
+    stores = []
+    for slot in graph.state:
+        mask = activity.masks[slot.write]
+        stores.append(Store(c_text(slot.name), state_at[slot.name], slot.type.nbytes,
+                            ctx.ptr(slot.write),
+                            None if mask.all() else ctx.array(mask.astype(np.uint8), "npuc_u8")))
     step = None
     if activity.step is not None:
         if activity.step.op != "input":
@@ -316,18 +384,16 @@ def build_view(graph: Graph, target_name: str = "unknown",
         step = Step(ctx.ptr(activity.step), activity.horizon)
     ports_in = tuple(_port(graph, n, ctx, i, "input") for i, n in enumerate(inputs))
     ports_out = tuple(_port(graph, n, ctx, i, "output") for i, n in enumerate(graph.outputs))
-    return View(target_name, pipeline, plan.arena + ctx.scratch_bytes, plan.lower_bound,
-                tuple(ctx.arrays.values()), tuple(layers), ports_in, ports_out, states, step)
+    return Entry(prefix, tuple(layers), ports_in, ports_out, tuple(stores), step), ctx, plan
 
 
-def _state_buffer(slot: StateSlot, offset: int, ctx: Context, stores: np.ndarray) -> StateBuffer:
+def _state_buffer(slot: StateSlot, offset: int, ctx: Context) -> StateBuffer:
     reset = slot.reset_value()
     raw = np.frombuffer(reset.astype(reset.dtype.newbyteorder("<")).tobytes(), np.uint8)
     same = raw.size and (raw == raw[0]).all()
-    return StateBuffer(c_text(slot.name), offset, slot.type.nbytes, ctx.ptr(slot.write),
+    return StateBuffer(c_text(slot.name), offset, slot.type.nbytes,
                        None if same else ctx.array(raw, "npuc_u8", f"reset of {slot.name}"),
-                       int(raw[0]) if same else 0,
-                       None if stores.all() else ctx.array(stores.astype(np.uint8), "npuc_u8"))
+                       int(raw[0]) if same else 0)
 
 
 def _stage(graph: Graph, node: Node) -> str:

@@ -42,16 +42,19 @@ class LlamaStep(torch.nn.Module):
     """One call of a Llama-family causal LM with its KV cache as explicit arguments.
 
     prefill (`tokens` > 1): forward(ids (1, tokens), where (1,), *cache) -> (logits of token
-    where - 1 (1, vocab), *cache'): `where` counts the real tokens, at positions 0..tokens-1.
+    where - 1 (1, vocab), *cache'): `where` counts the real tokens, at positions 0..tokens-1;
+    with `every_logit`, the logits of every position (tokens, vocab) (a scorer: perplexity).
     decode (`tokens` == 1): forward(ids (1, 1), where (1,), *cache) -> (logits (1, vocab),
     *cache'): `where` is the token's position.
     cache: per layer, keys then values, (1, kv_heads, max_len, head_dim) each.
     """
 
-    def __init__(self, model: torch.nn.Module, tokens: int, max_len: int) -> None:
+    def __init__(self, model: torch.nn.Module, tokens: int, max_len: int,
+                 every_logit: bool = False) -> None:
         super().__init__()
         cfg = model.config
         self.lm, self.tokens, self.max_len = model, tokens, max_len
+        self.every_logit = every_logit
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
         if tokens > max_len:
@@ -107,10 +110,10 @@ class LlamaStep(torch.nn.Module):
             o = o.reshape(1, self.heads, t, d).transpose(1, 2).reshape(1, t, self.heads * d)
             h = h + attn.o_proj(o)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-        if not decode:  # the last real token's hidden state
+        if not decode and not self.every_logit:  # the last real token's hidden state
             h = torch.index_select(h, 1, where - 1)
         logits = self.lm.lm_head(model.norm(h))
-        return (logits.reshape(1, -1), *out_cache)
+        return (logits.reshape(-1 if self.every_logit else 1, logits.shape[-1]), *out_cache)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -119,10 +122,11 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + rotated * sin
 
 
-def step_graph(model: torch.nn.Module, tokens: int, max_len: int) -> Graph:
-    """The captured float graph of `LlamaStep(model, tokens, max_len)`, its cache as state
-    slots named "<layer>.k" / "<layer>.v" (shared by the prefill and decode graphs)."""
-    step = LlamaStep(model, tokens, max_len).eval()
+def step_graph(model: torch.nn.Module, tokens: int, max_len: int,
+               every_logit: bool = False) -> Graph:
+    """The captured float graph of `LlamaStep(model, tokens, max_len, every_logit)`, its cache
+    as state slots named "<layer>.k" / "<layer>.v" (shared by the prefill and decode graphs)."""
+    step = LlamaStep(model, tokens, max_len, every_logit).eval()
     layers = len(model.model.layers)
     cache = [torch.zeros(step.cache_shape()) for _ in range(2 * layers)]
     ids = torch.zeros(1, tokens, dtype=torch.long)
@@ -166,6 +170,7 @@ class CompiledLM:
     prompt_len: int
     max_len: int
     state: dict[str, np.ndarray] = field(default_factory=dict)
+    scorer: CompiledModel | None = None  # every position's logits (compile_lm's score_len)
 
     def __post_init__(self) -> None:
         self.prefill.state = self.decode.state = self.state  # one cache, two graphs
@@ -196,10 +201,63 @@ class CompiledLM:
             logits = self.decode.run(np.array([[token]]), np.array([len(out) - 1]))
         return out
 
-    def simulate(self) -> LMReport:
-        pre, dec = self.prefill.simulate(), self.decode.simulate()
-        return LMReport(self.decode.target.name, pre.latency_s, dec.latency_s, pre.energy_j,
-                        dec.energy_j, sum(s.type.nbytes for s in self.decode.ir.state),
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """The scorer's logits (len(ids), vocab) after each of up to score_len token ids: what
+        the integer graphs predict at every position of a text, in one call."""
+        if self.scorer is None:
+            raise ValueError("logits: compile with score_len= to get a scoring graph")
+        width = self.scorer.ir.inputs[0].shape[-1]
+        ids = [int(i) for i in ids]
+        if not 0 < len(ids) <= width:
+            raise ValueError(f"logits: 1..{width} token ids (score_len), got {len(ids)}")
+        padded = np.zeros((1, width), np.int64)
+        padded[0, :len(ids)] = ids
+        self.scorer.reset()  # each call a text of its own
+        return np.asarray(self.scorer.run(padded, np.array([len(ids)])))[:len(ids)]
+
+    def log_likelihood(self, ids: Sequence[int]) -> tuple[float, int]:
+        """The sum of ln p(token | the tokens before it in its window) over `ids`, and how many
+        tokens it counts: windows of score_len tokens, each predicting all but its first."""
+        width = self.scorer.ir.inputs[0].shape[-1] if self.scorer is not None else 1
+        total, count = 0.0, 0
+        for start in range(0, len(ids) - 1, width):
+            window = [int(i) for i in ids[start:start + width]]
+            if len(window) < 2:
+                break
+            z = self.logits(window).astype(np.float64)[:-1]
+            z -= z.max(axis=1, keepdims=True)
+            logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+            total += float(logp[np.arange(len(window) - 1), window[1:]].sum())
+            count += len(window) - 1
+        return total, count
+
+    def perplexity(self, sequences: Sequence[Sequence[int]]) -> float:
+        """exp of the mean negative log-likelihood per token over `sequences` (log_likelihood)."""
+        parts = [self.log_likelihood(seq) for seq in sequences]
+        return float(np.exp(-sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)))
+
+    def emit_c(self, out_dir: Any) -> Any:
+        """One C99 project of both graphs on one KV cache (`npuc.codegen.emit_program`): `make`
+        builds `./model [--eos ID] max_new_tokens id ...`, which prints the ids `generate`
+        returns (and the time to first token and per decoded token). Returns the directory."""
+        from npuc.codegen import emit_program
+
+        return emit_program({"prefill": self.prefill.ir, "decode": self.decode.ir}, out_dir,
+                            main="generate.c", target=self.decode.target,
+                            pipeline=tuple(r.name for r in self.decode.records),
+                            prompt_len=self.prompt_len, max_len=self.max_len,
+                            vocab=self.decode.ir.outputs[0].type.size)
+
+    def simulate(self, target: Any = None) -> LMReport:
+        """The simulated cost of a prompt and of each decoded token on the compiled target, or
+        the same integer graphs on another `target` (a name or a loaded target: "soc")."""
+        from npuc import targets
+        from npuc.simulator import simulate
+
+        target = self.decode.target if target is None else targets.get(target)
+        pre, dec = (simulate(g.ir, target) for g in (self.prefill, self.decode))
+        return LMReport(target.name, pre.latency_s, dec.latency_s, pre.energy_j, dec.energy_j,
+                        sum(s.type.nbytes for s in self.decode.ir.state),
                         summarize(self.decode.ir).weight_bytes)
 
 
@@ -234,14 +292,16 @@ def state_ranges(graph: Graph, calls: list[tuple]) -> dict[str, tuple[float, flo
 def compile_lm(model: torch.nn.Module, target: Any = "npu-int8", *, prompt_len: int = 32,
                max_len: int = 128, calibration: Sequence[Sequence[int]],
                passes: dict[str, dict[str, Any]] | None = None,
-               decode_calibration: int = 256) -> CompiledLM:
+               decode_calibration: int = 256, score_len: int | None = None) -> CompiledLM:
     """Compile a Llama-family causal LM into prefill and decode graphs for `target`.
 
     calibration: token-id sequences (real text); the prefill graph calibrates on their first
     `prompt_len` tokens, the decode graph on up to `decode_calibration` of their tokens, one
     call per token. passes: options for the target pipeline's passes ({"quantize": {...}}); by
     default quantize keeps products ("mul") int16 into the next GEMM, beside the target's own
-    int16 ops."""
+    int16 ops. score_len: also compile a scorer of that many tokens giving every position's
+    logits (`CompiledLM.logits`, `.perplexity`), quantized as the other two (one smoothing, one
+    cache range)."""
     from npuc import targets
 
     target = targets.get(target)
@@ -249,6 +309,10 @@ def compile_lm(model: torch.nn.Module, target: Any = "npu-int8", *, prompt_len: 
     decode_graph = step_graph(model, 1, max_len)
     pre_calls, dec_calls = calibration_calls(calibration, prompt_len, max_len)
     dec_calls = dec_calls[:decode_calibration]
+    graphs = [(prefill_graph, pre_calls), (decode_graph, dec_calls)]
+    if score_len is not None:
+        graphs.append((step_graph(model, score_len, score_len, every_logit=True),
+                       calibration_calls(calibration, score_len, score_len)[0]))
     options = {k: dict(v) for k, v in (passes or {}).items()}
     if "quantize" in target.pipeline:
         # products stay int16 into the next GEMM (16x8 MACs): the gated MLP's silu(gate) * up,
@@ -258,11 +322,35 @@ def compile_lm(model: torch.nn.Module, target: Any = "npu-int8", *, prompt_len: 
         quant = options.setdefault("quantize", {})
         for key in ("int16", "int16_mac"):
             quant.setdefault(key, [*defaults.get(key, ()), "mul"])
-        ranges = state_ranges(decode_graph, dec_calls)
-        for name, (lo, hi) in state_ranges(prefill_graph, pre_calls).items():
-            a, b = ranges.get(name, (lo, hi))
-            ranges[name] = (min(a, lo), max(b, hi))
+        if "smoothquant" in target.pipeline:
+            # one set of activation profiles for both graphs: they smooth alike, so their
+            # weights are the same and the C program stores them once
+            smooth = options.setdefault("smoothquant", {})
+            if "profiles" not in smooth:
+                smooth["profiles"] = _shared_profiles(target, options, graphs)
+        ranges: dict[str, tuple[float, float]] = {}
+        for graph, calls in graphs:
+            for name, (lo, hi) in state_ranges(graph, calls).items():
+                a, b = ranges.get(name, (lo, hi))
+                ranges[name] = (min(a, lo), max(b, hi))
         quant["state_ranges"] = ranges
-    pre = compile(prefill_graph, target=target, calibration=pre_calls, passes=options or None)
-    dec = compile(decode_graph, target=target, calibration=dec_calls, passes=options or None)
-    return CompiledLM(pre, dec, prompt_len, max_len)
+    pre, dec, *score = (compile(graph, target=target, calibration=calls, passes=options or None)
+                        for graph, calls in graphs)
+    return CompiledLM(pre, dec, prompt_len, max_len, scorer=score[0] if score else None)
+
+
+def _shared_profiles(target: Any, options: dict[str, dict[str, Any]],
+                     graphs: list[tuple[Graph, list[tuple]]]) -> dict:
+    """smoothquant's activation profiles over both graphs' calls, measured where smoothquant
+    would see them: after the target's passes before it."""
+    from npuc.passes.smoothquant import shared_profiles
+    from npuc.pipeline import apply
+
+    before = target.pipeline[:target.pipeline.index("smoothquant")]
+    ready = []
+    for graph, calls in graphs:
+        for name in before:
+            graph = apply(graph, name, calibration=calls, target=target,
+                          **options.get(name, {}))
+        ready.append((graph, calls))
+    return shared_profiles(ready, options["smoothquant"].get("shared_norms", True))

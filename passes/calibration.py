@@ -114,11 +114,13 @@ def activation_profiles(graph: Graph, calibration: Iterable[tuple], nodes: Itera
         pick = flat[:: max(1, len(flat) // per_batch)][:per_batch]
         return Profile(np.abs(flat).max(axis=0), flat.min(axis=0), flat.max(axis=0), pick)
 
-    def combine(a: Profile, b: Profile) -> Profile:
-        return Profile(np.maximum(a.absmax, b.absmax), np.minimum(a.lo, b.lo),
-                       np.maximum(a.hi, b.hi), np.concatenate([a.samples, b.samples])[:rows])
+    return collect(graph, calibration, nodes, stat, lambda a, b: merge_profiles(a, b, rows))
 
-    return collect(graph, calibration, nodes, stat, combine)
+
+def merge_profiles(a: Profile, b: Profile, rows: int = 512) -> Profile:
+    """The profile of a value over the data of `a` and of `b` (samples: `a`'s first)."""
+    return Profile(np.maximum(a.absmax, b.absmax), np.minimum(a.lo, b.lo),
+                   np.maximum(a.hi, b.hi), np.concatenate([a.samples, b.samples])[:rows])
 
 
 def range_ratio(absmax: np.ndarray) -> float:

@@ -27,11 +27,15 @@ group, bit-identical residual).
 Groups are solved consumers-first, each from the weights left by the groups after it, which makes
 the transform a fixed point: run again, every s is 1 (within 1e-3, which snaps to exactly 1).
 
-Requires: calibration data in the PassContext; float weights. Ensures: the same function within
-float rounding; per-channel activation ranges evened out (the note reports max/median channel
-absmax before and after, averaged over smoothed activations, and the alphas used); a graph with
-nothing to smooth, or where smoothing would not lower the error, is returned unchanged (the same
-object); idempotent.
+Option `profiles`: the activation profiles to use instead of measuring them, keyed by
+`calibration.value_keys` (`<loc>/<op>`): graphs that must smooth alike (an LM's prefill and decode
+graphs, which then share their weights) are given one set measured over both (`shared_profiles`).
+
+Requires: calibration data in the PassContext (not read when given `profiles`); float weights.
+Ensures: the same function within float rounding; per-channel activation ranges evened out (the
+note reports max/median channel absmax before and after, averaged over smoothed activations, and
+the alphas used); a graph with nothing to smooth, or where smoothing would not lower the error, is
+returned unchanged (the same object); idempotent.
 """
 
 from __future__ import annotations
@@ -46,7 +50,14 @@ from npuc.ops import make
 from npuc.pipeline import PassContext, plural, register_pass
 from npuc.rewrite import rewrite
 
-from .calibration import Profile, activation_profiles, range_ratio, require_calibration
+from .calibration import (
+    Profile,
+    activation_profiles,
+    merge_profiles,
+    range_ratio,
+    require_calibration,
+    value_keys,
+)
 from .channel_affine import fold_input_affine, fold_output_affine, is_layer
 
 HOMOGENEOUS = ("relu", "leaky_relu")  # f(x / s) == f(x) / s for every s > 0
@@ -274,7 +285,7 @@ def target_bits(target: object) -> tuple[int, int]:
 
 @register_pass("smoothquant", calibration=True, target=True)
 def smoothquant(graph: Graph, ctx: PassContext, *, alpha: float | None = None,
-                shared_norms: bool = True) -> Graph:
+                shared_norms: bool = True, profiles: dict[str, Profile] | None = None) -> Graph:
     """Migrate activation outlier scale into the next linears' weights (SmoothQuant)."""
     if alpha is not None and not 0 <= alpha <= 1:
         raise ValueError(f"smoothquant: alpha must lie in [0, 1] (or None: searched), got {alpha}")
@@ -282,8 +293,16 @@ def smoothquant(graph: Graph, ctx: PassContext, *, alpha: float | None = None,
     if not groups:
         ctx.note("smoothquant: no layer_norm/linear -> linear group to smooth; graph unchanged")
         return graph
-    calibration = require_calibration(ctx.calibration, "smoothquant")
-    profiles = activation_profiles(graph, calibration, {g.act for g in groups})
+    if profiles is None:
+        calibration = require_calibration(ctx.calibration, "smoothquant")
+        profiles = activation_profiles(graph, calibration, {g.act for g in groups})
+    else:
+        keys = value_keys(graph)
+        missing = sorted(keys[g.act] for g in groups if keys[g.act] not in profiles)
+        if missing:
+            raise ValueError(f"smoothquant: no profile given for {', '.join(missing[:3])}"
+                             f"{' ...' if len(missing) > 3 else ''}")
+        profiles = {g.act: profiles[keys[g.act]] for g in groups}
     bits = target_bits(ctx.target)
     scales, chosen = search_scales(groups, profiles, alpha, bits)
     if not scales:
@@ -306,3 +325,20 @@ def smoothquant(graph: Graph, ctx: PassContext, *, alpha: float | None = None,
              f"{f'; {left} left as they are' if left else ''}); activation channel range "
              f"max/median {before:.1f} -> {after:.1f}; {how}")
     return apply_scales(graph, scales)[0]
+
+
+def shared_profiles(graphs: list[tuple[Graph, list[tuple]]], shared_norms: bool = True,
+                    ) -> dict[str, Profile]:
+    """The profiles of every group's activation over the calibration calls of all `graphs`
+    (each with its own calls), keyed by `value_keys`: the `profiles` option that makes graphs of
+    one model smooth alike."""
+    merged: dict[str, Profile] = {}
+    rows = 512 // max(len(graphs), 1)  # sample rows from every graph
+    for graph, calls in graphs:
+        keys = value_keys(graph)
+        groups = find_groups(graph, shared_norms=shared_norms)
+        acts = {g.act for g in groups}
+        for node, profile in activation_profiles(graph, calls, acts, rows).items():
+            key = keys[node]
+            merged[key] = merge_profiles(merged[key], profile) if key in merged else profile
+    return merged

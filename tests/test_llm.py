@@ -3,6 +3,7 @@ prefill and a decode graph sharing a KV cache (npuc.llm) in the interpreter and 
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +133,8 @@ def tiny_lm() -> tuple:
     model = tiny_llama()
     rng = np.random.default_rng(0)
     seqs = [rng.integers(0, 96, 24).tolist() for _ in range(4)]
-    return model, compile_lm(model, "npu-int8", prompt_len=8, max_len=24, calibration=seqs)
+    return model, compile_lm(model, "npu-int8", prompt_len=8, max_len=24, calibration=seqs,
+                             score_len=12)
 
 
 def test_the_integer_graphs_share_one_cache_stored_alike(tiny_lm: tuple) -> None:
@@ -179,12 +181,70 @@ def test_the_decode_graph_is_bit_exact_in_c_across_calls(tiny_lm: tuple, tmp_pat
         assert np.array_equal(g.view(np.int32), w.view(np.int32)), f"call {step} differs"
 
 
+def generate_in_c(exe: Path, prompt: list[int], new: int, *extra: str) -> list[int]:
+    result = subprocess.run([str(exe), *extra, str(new), *map(str, prompt)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "time to first token" in result.stderr
+    return [int(t) for t in result.stdout.split()]
+
+
+def test_generate_in_c_equals_generate(tiny_lm: tuple, tmp_path: Path) -> None:
+    _, lm = tiny_lm
+    exe = build(lm.emit_c(tmp_path), FAST)
+    layout = (tmp_path / "model.h").read_text()
+    assert "npuc_prefill_run" in layout and "npuc_decode_run" in layout
+    # both graphs read one copy of each weight matrix (compile_lm smooths them alike)
+    def matrices(view: npuc.codegen.View) -> list[str]:
+        return [a.name for a in view.arrays if "rows in GEMM order" in a.comment]
+
+    both = npuc.codegen.build_program({"prefill": lm.prefill.ir, "decode": lm.decode.ir})
+    assert len(matrices(both)) == len(matrices(npuc.codegen.build_view(lm.decode.ir))) >= 14
+    for prompt, new in (([5, 17, 42, 3], 8), ([9], 12), (list(range(1, 9)), 0), ([2, 2], 1)):
+        assert generate_in_c(exe, prompt, new) == lm.generate(prompt, new)
+    out = lm.generate([5, 17, 42, 3], 8)
+    eos = out[6]
+    assert generate_in_c(exe, [5, 17, 42, 3], 8, "--eos", str(eos)) == \
+        lm.generate([5, 17, 42, 3], 8, eos=eos)
+    for bad in (["1", "96"], ["40", "1", "2"], ["1", *["3"] * 9], ["x", "1"], ["--eos"]):
+        result = subprocess.run([str(exe), *bad], capture_output=True, text=True)
+        assert result.returncode == 1 and result.stderr
+
+
+def test_the_scorer_predicts_every_position_as_the_full_forward_pass(tiny_lm: tuple) -> None:
+    model, lm = tiny_lm
+    ids = [3, 50, 7, 7, 91, 12, 40]
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].numpy()
+    got = lm.logits(ids)
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()  # integer, W8A8
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.5
+    float_scorer = npuc.interpreter.interpret(lm.scorer.stages["captured"],
+                                              np.array([ids + [0] * 5]), np.array([7]))
+    assert np.allclose(np.asarray(float_scorer[0])[:7], ref, atol=1e-5)
+    # perplexity: exp of the mean negative log-likelihood, windows of score_len tokens
+    text = list(range(1, 30))
+    total, count = lm.log_likelihood(text)
+    assert count == 29 - 3 and total < 0  # windows of 12, 12, 5: 11 + 11 + 4 predictions
+    assert lm.perplexity([text]) == pytest.approx(np.exp(-total / count))
+    z = lm.logits(text[:12]).astype(np.float64)
+    logp = z - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)) - z.max(
+        1, keepdims=True)
+    assert lm.log_likelihood(text[:12])[0] == pytest.approx(logp[np.arange(11), text[1:12]].sum())
+    with pytest.raises(ValueError, match="score_len"):
+        lm.logits(list(range(13)))
+
+
 def test_the_simulator_reports_prefill_and_decode(tiny_lm: tuple) -> None:
     _, lm = tiny_lm
     report = lm.simulate()
     assert report.prefill_s > report.decode_s > 0 and report.tokens_per_s == 1 / report.decode_s
     assert report.cache_bytes == sum(s.type.nbytes for s in lm.decode.ir.state) > 0
     assert "per token" in str(report)
+    soc = lm.simulate("soc")  # the same integer graphs on another target
+    assert soc.target == "soc" and soc.cache_bytes == report.cache_bytes
+    assert soc.decode_s != report.decode_s
 
 
 def test_carry_names_what_is_wrong() -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from npuc.errors import UnsupportedError
 from npuc.ir import DType, Node
 from npuc.ops.quantized import per_tensor
 from npuc.quant import arith
@@ -117,6 +118,19 @@ _EXPRESSIONS = {
 @kernel(*_EXPRESSIONS)
 def _plain(node: Node, ctx: Context) -> Kernel:
     return elementwise(node, ctx, _EXPRESSIONS[node.op])
+
+
+@kernel("add", "sub", "mul")
+def _integer_arithmetic(node: Node, ctx: Context) -> Kernel:
+    """Index arithmetic on plain integers (a position minus one): modular, as numpy's, so in
+    unsigned 64 bits (signed overflow is undefined in C) narrowed to the result's type."""
+    if node.type.quant is not None or node.dtype == DType.BOOL:
+        raise UnsupportedError(f"{node.op} of quantized or boolean values has no C kernel",
+                               op=node.op, loc=node.loc, stage="emit-c",
+                               hint="the quantize pass lowers arithmetic on activations to qadd, "
+                                    "qsub and qmul")
+    sign = {"add": "+", "sub": "-", "mul": "*"}[node.op]
+    return elementwise(node, ctx, f"({ctype(node.dtype)})((npuc_u64)v0 {sign} (npuc_u64)v1)")
 
 
 @kernel("cast")

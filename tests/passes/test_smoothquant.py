@@ -265,3 +265,28 @@ def test_search_leaves_a_group_alone_when_no_alpha_helps() -> None:
     assert best <= min(w8a8.values()) + 1e-12 < max(w8a8.values())
     check_exact("smoothquant", graph, calibration[0])
     assert not npuc.ir.structurally_equal(searched, graph)
+
+
+
+@given(norm_fanout(), st.booleans())
+def test_given_profiles_smooth_as_measured_ones(case: tuple, shared_norms: bool) -> None:
+    """Profiles of two graphs' data merged (`shared_profiles`: an LM's prefill and decode
+    graphs) smooth exactly as the profiles the pass measures on all that data itself."""
+    from npuc.passes.smoothquant import shared_profiles
+
+    graph, inputs = case
+    calls = [inputs, (inputs[0][::-1] * 2,)]
+    measured = passes.apply(graph, "smoothquant", calibration=calls, shared_norms=shared_norms)
+    profiles = shared_profiles([(graph, calls[:1]), (graph, calls[1:])], shared_norms)
+    given_ = passes.apply(graph, "smoothquant", calibration=[(inputs[0] * 0,)],  # not read
+                          shared_norms=shared_norms, profiles=profiles)
+    assert npuc.printer.print_graph(given_) == npuc.printer.print_graph(measured)
+    for a, b in zip((n for n in given_.nodes if n.is_const),
+                    (n for n in measured.nodes if n.is_const), strict=True):
+        assert np.array_equal(a.data, b.data)
+
+
+def test_given_profiles_must_cover_every_group() -> None:
+    graph, inputs = _zoo("mlp")
+    with pytest.raises(ValueError, match=r"no profile given for 1/relu, 3/relu"):
+        passes.apply(graph, "smoothquant", calibration=[inputs], profiles={})
