@@ -59,7 +59,10 @@ def variants() -> dict[str, tuple[str, dict | None]]:
         "W8A8, products int8 too (target's plain int16 list)": (
             "npu-int8", {"quantize": {"int16": list(plain["int16"]),
                                       "int16_mac": list(plain["int16_mac"])}}),
+        "W8A16, npu-int8 with every activation int16": (
+            "npu-int8", {"quantize": {"activations": "int16"}}),
         "W4A8, npu-w4a8 default (products int16)": ("npu-w4a8", None),
+        "W4A8, LM head int8": ("npu-w4a8", {"quantize": {"layers": head}}),
         "palettized 4-bit weights (palette4), npu-int8": (
             "npu-int8", {"quantize": {"weights": "palette4", "layers": head}}),
         "ternary weights, npu-int8": (
@@ -88,6 +91,47 @@ def fp32_reference(model: torch.nn.Module, text: list[int]) -> dict[str, Any]:
                                  do_sample=False, min_new_tokens=NEW)[0].tolist()
                   for p in PROMPTS]
     return {"perplexity": float(np.exp(-total / count)), "tokens": count, "greedy": greedy}
+
+
+class _Logits(torch.nn.Module):
+    """The LM as ids (1, WINDOW) -> logits (1, WINDOW, vocab), no cache: what PT2E exports."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, use_cache=False).logits
+
+
+def pt2e_row(model: torch.nn.Module, text: list[int], calibration: list[list[int]],
+             ref: dict[str, Any]) -> dict[str, Any]:
+    """torchao PT2E (X86 Inductor quantizer, static int8: bench.peers.pt2e_int8) on the same
+    windows (each padded to WINDOW at its end: causal, so padding changes no earlier logit)."""
+    from bench.peers import PeerError, pt2e_int8
+
+    def padded(ids: list[int]) -> torch.Tensor:
+        return torch.tensor([ids + [0] * (WINDOW - len(ids))])
+
+    start = time.time()
+    try:
+        q = pt2e_int8(_Logits(model), (padded(calibration[0]),),
+                      [(padded(c[:WINDOW]),) for c in calibration])
+    except PeerError as e:
+        return {"error": str(e)}
+    total, count = 0.0, 0
+    for w in windows(text):
+        z = torch.tensor(q(padded(w))[0, :len(w) - 1], dtype=torch.float64)
+        logp = torch.log_softmax(z, -1)
+        total += float(logp[torch.arange(len(w) - 1), torch.tensor(w[1:])].sum())
+        count += len(w) - 1
+    tok, hits = smollm2.tokenizer(), 0
+    for prompt, seq in zip(PROMPTS, ref["greedy"], strict=True):
+        n = len(tok(prompt).input_ids)
+        pred = q(padded(seq[:-1]))[0, :len(seq) - 1].argmax(-1)[n - 1:]
+        hits += int((pred == np.asarray(seq[n:])).sum())
+    return {"perplexity": float(np.exp(-total / count)),
+            "teacher_forced": hits / (NEW * len(PROMPTS)), "seconds": time.time() - start}
 
 
 def accuracy(lm: Any, text: list[int], ref: dict[str, Any], free_running: bool) -> dict[str, Any]:
@@ -148,6 +192,14 @@ def c_speed(lm: Any, model: torch.nn.Module) -> dict[str, Any]:
     return row
 
 
+def save(name: str, row: dict[str, Any]) -> dict[str, Any]:
+    """Add one row to bench/llm.json, re-read first (runs with --only may go side by side)."""
+    results = json.loads(OUT.read_text()) if OUT.exists() else {}
+    results[name] = row
+    OUT.write_text(json.dumps(results, indent=1))
+    return results
+
+
 def table(results: dict[str, Any]) -> str:
     ref = results["fp32"]
     rows = ["| model | perplexity | vs fp32 | teacher-forced top-1 = fp32 | free-running greedy = "
@@ -155,9 +207,16 @@ def table(results: dict[str, Any]) -> str:
             "ms/token | compile s |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| PyTorch fp32 | {ref['perplexity']:.2f} | — | 100% | 100% | — | — | — | — | — | — |"]
-    for name, r in results.items():
-        if name == "fp32":
-            continue
+    peer = results.get("pt2e")
+    if peer and "error" in peer:
+        rows.append(f"| torchao PT2E int8 (peer) | {peer['error']} | | | | | | | | | |")
+    elif peer:
+        rows.append(f"| torchao PT2E static int8, X86 quantizer (peer; float between its int8 "
+                    f"ops) | {peer['perplexity']:.2f} | "
+                    f"{peer['perplexity'] / ref['perplexity'] - 1:+.1%} | "
+                    f"{peer['teacher_forced']:.0%} | not run | — | — | — | — | — | — |")
+    for name in (n for n in variants() if n in results):  # in the order variants() gives
+        r = results[name]
         free = (f"{r['free_running']:.0%} ({r['first_divergence']:.1f} tokens)"
                 if "free_running" in r else "not run")
         worse = r["perplexity"] / ref["perplexity"] - 1
@@ -180,7 +239,11 @@ def main() -> None:
     model, text = smollm2.load(), heldout_ids()
     calibration = smollm2.calibration_ids(8, MAX_LEN)
     if "fp32" not in results:
-        results["fp32"] = fp32_reference(model, text)
+        results = save("fp32", fp32_reference(model, text))
+    if "pt2e" not in results and not args.only:
+        results["pt2e"] = pt2e_row(model, text, calibration, results["fp32"])
+        print(f"PT2E: {results['pt2e']}", flush=True)
+        results = save("pt2e", results["pt2e"])
     print(f"fp32: perplexity {results['fp32']['perplexity']:.2f} over "
           f"{results['fp32']['tokens']} tokens", flush=True)
     for i, (name, (target, passes)) in enumerate(variants().items()):
@@ -201,9 +264,8 @@ def main() -> None:
         row.update(soc_ttft_ms=soc.prefill_s * 1e3, soc_decode_ms=soc.decode_s * 1e3)
         if i == 0 and not args.skip_c:
             row["c"] = c_speed(lm, model)
-        results[name] = row
-        print(json.dumps({k: v for k, v in row.items()}, default=str), flush=True)
-        OUT.write_text(json.dumps(results, indent=1))
+        print(json.dumps(row, default=str), flush=True)
+        results = save(name, row)
     write_section("Decoder LLM", "python -m bench.llm", table(results), notes(results))
 
 

@@ -11,6 +11,11 @@ State across calls (`Graph.state`) lives in a static region of its own beside th
 and `npuc_reset()` refills it with real zeros. A graph whose work depends on the step index
 (`reuse`) guards each layer that some steps skip with its row of `npuc.state.Activity` (a
 constant table indexed by the call's step), so a C call computes exactly what `cm.run` does.
+
+`build_program({name: graph, ...})` puts several graphs in one project, an `Entry` each
+(`npuc_<name>_run`): one table of constants (identical arrays once), one arena and one state
+region whose slots are matched by name, so an LM's prefill and decode graphs share their
+weights and their KV cache.
 """
 
 from __future__ import annotations

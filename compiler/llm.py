@@ -5,6 +5,8 @@ cache as state (`npuc.state`, the mechanism attention-map reuse uses), and greed
                              calibration=[ids1, ids2, ...])        # token-id sequences
     lm.generate(input_ids, max_new_tokens=16)                      # integer graphs, greedy
     print(lm.simulate())                                           # TTFT, ms/token, tokens/s
+    lm.emit_c("out/")        # one C program: make -C out && out/model 16 <prompt ids>
+    # with score_len=64: lm.perplexity([ids, ...]), lm.logits(ids) by a third graph
 
 The model is a Llama-family `transformers` causal LM (Llama, SmolLM, Qwen2, Mistral: RMSNorm,
 rotary positions, grouped-query attention, a gated MLP). `LlamaStep` calls its own modules (so
@@ -17,7 +19,9 @@ steps before any query can see them) and returns the logits of the last real tok
 graph takes one token and its position. Rotary tables are constants indexed by the position.
 
 Both graphs store the cache with one set of parameters: its range is measured on the float
-graphs over the calibration sequences, then given to both quantize passes (`state_ranges`).
+graphs over the calibration sequences, then given to both quantize passes (`state_ranges`);
+and they smooth alike (smoothquant's activation profiles measured over both graphs' calls), so
+their weights are the same and the C program stores them once.
 Products stay int16 into the next GEMM unless `passes` says otherwise (see `compile_lm`).
 """
 
