@@ -176,6 +176,7 @@ def c_speed(lm: Any, model: torch.nn.Module) -> dict[str, Any]:
         row["c_decode_us"] = float(stats.split(", ")[1].split(" us")[0])
         row["c_equals_generate"] = [int(t) for t in run.stdout.split()] == lm.generate(prompt, NEW)
         row["weights_c_mb"] = (project / "weights.c").stat().st_size / 1e6
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with torch.no_grad():
         x = torch.tensor([prompt])
@@ -188,7 +189,7 @@ def c_speed(lm: Any, model: torch.nn.Module) -> dict[str, Any]:
         model.generate(x, max_new_tokens=NEW + 1, min_new_tokens=NEW + 1, do_sample=False)
         total = time.perf_counter() - start
         row["torch_decode_us"] = (total * 1e6 - row["torch_ttft_us"]) / NEW
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     return row
 
 

@@ -205,12 +205,18 @@ class CompiledLM:
             logits = self.decode.run(np.array([[token]]), np.array([len(out) - 1]))
         return out
 
+    @property
+    def score_len(self) -> int:
+        """The scorer's window: how many token ids one `logits` call takes."""
+        if self.scorer is None:
+            raise ValueError("compile_lm(..., score_len=N) compiles the scoring graph that "
+                             "logits, log_likelihood and perplexity use")
+        return self.scorer.ir.inputs[0].shape[-1]
+
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """The scorer's logits (len(ids), vocab) after each of up to score_len token ids: what
         the integer graphs predict at every position of a text, in one call."""
-        if self.scorer is None:
-            raise ValueError("logits: compile with score_len= to get a scoring graph")
-        width = self.scorer.ir.inputs[0].shape[-1]
+        width = self.score_len
         ids = [int(i) for i in ids]
         if not 0 < len(ids) <= width:
             raise ValueError(f"logits: 1..{width} token ids (score_len), got {len(ids)}")
@@ -222,7 +228,7 @@ class CompiledLM:
     def log_likelihood(self, ids: Sequence[int]) -> tuple[float, int]:
         """The sum of ln p(token | the tokens before it in its window) over `ids`, and how many
         tokens it counts: windows of score_len tokens, each predicting all but its first."""
-        width = self.scorer.ir.inputs[0].shape[-1] if self.scorer is not None else 1
+        width = self.score_len
         total, count = 0.0, 0
         for start in range(0, len(ids) - 1, width):
             window = [int(i) for i in ids[start:start + width]]
@@ -348,13 +354,10 @@ def _shared_profiles(target: Any, options: dict[str, dict[str, Any]],
     """smoothquant's activation profiles over both graphs' calls, measured where smoothquant
     would see them: after the target's passes before it."""
     from npuc.passes.smoothquant import shared_profiles
-    from npuc.pipeline import apply
+    from npuc.pipeline import run_pipeline
 
-    before = target.pipeline[:target.pipeline.index("smoothquant")]
-    ready = []
-    for graph, calls in graphs:
-        for name in before:
-            graph = apply(graph, name, calibration=calls, target=target,
-                          **options.get(name, {}))
-        ready.append((graph, calls))
+    before = [(name, options.get(name, {}))
+              for name in target.pipeline[:target.pipeline.index("smoothquant")]]
+    ready = [(run_pipeline(graph, before, calibration=calls, target=target)[0], calls)
+             for graph, calls in graphs]
     return shared_profiles(ready, options["smoothquant"].get("shared_norms", True))

@@ -3,6 +3,7 @@ prefill and a decode graph sharing a KV cache (npuc.llm) in the interpreter and 
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -234,6 +235,9 @@ def test_the_scorer_predicts_every_position_as_the_full_forward_pass(tiny_lm: tu
     assert lm.log_likelihood(text[:12])[0] == pytest.approx(logp[np.arange(11), text[1:12]].sum())
     with pytest.raises(ValueError, match="score_len"):
         lm.logits(list(range(13)))
+    unscored = dataclasses.replace(lm, scorer=None)  # the same graphs and cache
+    with pytest.raises(ValueError, match="score_len="):  # never a perplexity of 1.0
+        unscored.perplexity([text])
 
 
 def test_the_simulator_reports_prefill_and_decode(tiny_lm: tuple) -> None:
